@@ -1,0 +1,5 @@
+"""``python -m celeriac`` is the ``celeriac`` command."""
+
+from .cli.main import main
+
+main()

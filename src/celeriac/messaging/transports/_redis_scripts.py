@@ -1,0 +1,578 @@
+"""The Lua scripts of the Redis transport.
+
+Every state change that must not be torn in half runs as one script, so a crash or a lost
+connection between two commands cannot leave a message neither queued nor recorded as
+unacked. The scripts keep kombu's keys exactly (queue lists and priority sub-lists, the
+``unacked`` hash and ``unacked_index`` sorted set, ``unacked_mutex``, the
+``_kombu.binding.*`` sets) and add a few of their own under ``_celeriac.*``:
+
+* ``_celeriac.delivery.<tag>`` (hash, expires): ``n`` = how many times celeriac handed the
+  message out (also the claim token), ``s`` = the ``unacked_index`` score written by the
+  current celeriac claim. An ack, extend or requeue is applied only when both still match,
+  so a holder that lost its lease (to a restore, to a kombu worker, to another celeriac
+  worker) cannot settle the newer claim.
+* ``_celeriac.lease`` (sorted set): tag -> lease deadline of every celeriac claim, judged
+  by the server clock. kombu peers keep judging by ``unacked_index`` and their own timeout.
+* ``_celeriac.delayed.<queue>`` (sorted set): ``"<step>|<envelope>"`` -> not-before time.
+* ``_celeriac.ttl.<queue>`` (sorted set): tag -> time after which the waiting message is
+  dropped (queues declared with ``message_ttl``).
+* ``_celeriac.queue.<queue>`` (hash): ``expires`` and ``ttl`` in ms, ``bindings`` (JSON
+  list of ``[exchange, member]``) so any process can delete the queue's bindings.
+* ``_celeriac.expiring`` (sorted set): queue -> time it dies unless used before.
+* ``_celeriac.exchanges`` (hash): exchange -> type, for exchanges declared by celeriac.
+
+Times are seconds (floats) from Redis ``TIME`` unless a name says ms. Keys are built inside
+the scripts from the global key prefix, as kombu builds them (so, like kombu, this layout
+is for a single Redis server or a Sentinel-managed master, not Redis Cluster).
+
+Common arguments: ``ARGV[1]`` = key prefix, ``ARGV[2]`` = priority separator,
+``ARGV[3]`` = priority steps as ``"0,3,6,9"``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ACK",
+    "CLAIM",
+    "DECLARE_QUEUE",
+    "DELETE_QUEUE",
+    "EXTEND",
+    "PUBLISH",
+    "RELEASE_MUTEX",
+    "REQUEUE",
+    "RESTORE",
+    "RESTORE_SCAN",
+]
+
+_PRELUDE = r"""
+local P, SEP = ARGV[1], ARGV[2]
+local STEPS = {}
+for s in string.gmatch(ARGV[3], '[^,]+') do STEPS[#STEPS + 1] = s end
+local T = redis.call('TIME')
+local NOW = tonumber(T[1]) + tonumber(T[2]) / 1000000
+local EXPIRING = P .. '_celeriac.expiring'
+
+local function list_key(q, step)
+  if step == '0' then return P .. q end
+  return P .. q .. SEP .. step
+end
+
+local function remove_queue(q)
+  local meta = P .. '_celeriac.queue.' .. q
+  local raw = redis.call('HGET', meta, 'bindings')
+  if raw then
+    local ok, list = pcall(cjson.decode, raw)
+    if ok and type(list) == 'table' then
+      for _, b in ipairs(list) do
+        redis.call('SREM', P .. '_kombu.binding.' .. b[1], b[2])
+        redis.call('SREM', P .. '_kombu.binding_permanent.' .. b[1], b[2])
+      end
+    end
+  end
+  local n = 0
+  for _, step in ipairs(STEPS) do
+    local key = list_key(q, step)
+    n = n + redis.call('LLEN', key)
+    redis.call('DEL', key)
+  end
+  n = n + redis.call('ZCARD', P .. '_celeriac.delayed.' .. q)
+  redis.call('DEL', meta, P .. '_celeriac.delayed.' .. q, P .. '_celeriac.ttl.' .. q)
+  redis.call('ZREM', EXPIRING, q)
+  return n
+end
+
+local function is_dead(q)
+  local d = redis.call('ZSCORE', EXPIRING, q)
+  return d and tonumber(d) < NOW
+end
+"""
+
+#: Route and store a batch. ARGV[4] = doorbell channel prefix, ARGV[5] = message count,
+#: then 8 fields per message: kind (default/direct/topic/fanout), exchange, routing key,
+#: delivery tag, priority step, not-before ('' = now), envelope, fanout channel.
+#: Returns the queues that received a message.
+PUBLISH = (
+    _PRELUDE
+    + r"""
+local READY = ARGV[4]
+local count = tonumber(ARGV[5])
+local tables, infos, touched, ready, order = {}, {}, {}, {}, {}
+
+local function words(s)
+  local t = {}
+  for w in string.gmatch(s .. '.', '([^.]*)%.') do t[#t + 1] = w end
+  return t
+end
+
+local function tmatch(p, i, k, j)
+  while i <= #p do
+    local w = p[i]
+    if w == '#' then
+      if i == #p then return true end
+      for x = j, #k + 1 do
+        if tmatch(p, i + 1, k, x) then return true end
+      end
+      return false
+    end
+    if j > #k then return false end
+    if w ~= '*' and w ~= k[j] then return false end
+    i, j = i + 1, j + 1
+  end
+  return j > #k
+end
+
+local function table_of(ex)
+  local t = tables[ex]
+  if t == nil then
+    t = {}
+    for _, m in ipairs(redis.call('SMEMBERS', P .. '_kombu.binding.' .. ex)) do
+      local a = string.find(m, SEP, 1, true)
+      if a then
+        local rest = string.sub(m, a + #SEP)
+        local b = string.find(rest, SEP, 1, true)
+        if b then t[#t + 1] = {string.sub(m, 1, a - 1), string.sub(rest, b + #SEP)} end
+      end
+    end
+    tables[ex] = t
+  end
+  return t
+end
+
+local function queue_info(q)
+  local info = infos[q]
+  if info == nil then
+    local f = redis.call('HMGET', P .. '_celeriac.queue.' .. q, 'expires', 'ttl')
+    local expires, ttl = tonumber(f[1]), tonumber(f[2])
+    if expires and is_dead(q) then
+      remove_queue(q)
+      info = false
+    else
+      info = {expires = expires, ttl = ttl}
+    end
+    infos[q] = info
+  end
+  return info
+end
+
+local i = 6
+for _ = 1, count do
+  local kind, ex, rk, tag = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+  local step, nb, env, chan = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7]
+  i = i + 8
+  if kind == 'fanout' then
+    redis.call('PUBLISH', chan, env)
+  else
+    local targets
+    if kind == 'default' then
+      targets = {rk}
+    else
+      targets = {}
+      local seen = {}
+      local rkw = kind == 'topic' and words(rk) or nil
+      for _, b in ipairs(table_of(ex)) do
+        local q = b[2]
+        if not seen[q] then
+          local hit
+          if kind == 'topic' then hit = tmatch(words(b[1]), 1, rkw, 1) else hit = b[1] == rk end
+          if hit then
+            seen[q] = true
+            targets[#targets + 1] = q
+          end
+        end
+      end
+    end
+    for _, q in ipairs(targets) do
+      local info = queue_info(q)
+      if info then
+        local since = NOW
+        if nb and nb > NOW then
+          redis.call('ZADD', P .. '_celeriac.delayed.' .. q, nb, step .. '|' .. env)
+          since = nb
+        elseif redis.call('LPUSH', list_key(q, step), env) == 1 then
+          ready[q] = true
+        end
+        if info.ttl then
+          redis.call('ZADD', P .. '_celeriac.ttl.' .. q, since + info.ttl / 1000, tag)
+        end
+        if info.expires then
+          for _, s in ipairs(STEPS) do redis.call('PEXPIRE', list_key(q, s), info.expires) end
+        end
+        if not touched[q] then
+          touched[q] = true
+          order[#order + 1] = q
+        end
+      end
+    end
+  end
+end
+for q, _ in pairs(ready) do redis.call('PUBLISH', READY .. q, '') end
+return order
+"""
+)
+
+#: Claim up to a limit across queues, record each claim as unacked, count deliveries.
+#: KEYS = unacked, unacked_index, lease. ARGV[4] = limit, ARGV[5] = visibility timeout,
+#: ARGV[6] = delivery record lifetime (s), ARGV[7] = queue count, then the queue names in
+#: this call's rotation order. Returns ``{next_due, dropped, (queue, count, envelope)*}``
+#: where ``next_due`` is the earliest not-before time of a delayed message ('' if none)
+#: when nothing was claimed.
+CLAIM = (
+    _PRELUDE
+    + r"""
+local limit, vt, keep, nq = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
+  tonumber(ARGV[7])
+local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
+
+local function b64(data)
+  local out = {}
+  for x = 1, #data, 3 do
+    local a, b, c = string.byte(data, x, x + 2)
+    local n = a * 65536 + (b or 0) * 256 + (c or 0)
+    local d1, d2 = math.floor(n / 262144) % 64, math.floor(n / 4096) % 64
+    local d3, d4 = math.floor(n / 64) % 64, n % 64
+    out[#out + 1] = string.sub(B64, d1 + 1, d1 + 1) .. string.sub(B64, d2 + 1, d2 + 1)
+      .. (b and string.sub(B64, d3 + 1, d3 + 1) or '=')
+      .. (c and string.sub(B64, d4 + 1, d4 + 1) or '=')
+  end
+  return table.concat(out)
+end
+
+-- An entry that is not a kombu envelope is wrapped in one (original bytes as the body),
+-- so it is delivered, recorded and restorable like any other and can be quarantined.
+local function wrap(raw, tag, q)
+  return cjson.encode({
+    body = b64(raw),
+    ['content-type'] = 'application/x-celeriac-invalid-envelope',
+    ['content-encoding'] = 'binary',
+    headers = {['x-invalid-envelope'] = 'not a kombu JSON envelope with a delivery_tag'},
+    properties = {
+      delivery_tag = tag, priority = 0, body_encoding = 'base64',
+      delivery_info = {exchange = '', routing_key = q},
+    },
+  })
+end
+
+local queues, ttlq = {}, {}
+for x = 1, nq do
+  local q = ARGV[7 + x]
+  local f = redis.call('HMGET', P .. '_celeriac.queue.' .. q, 'expires')
+  local expires = tonumber(f[1])
+  local alive = true
+  if expires then
+    if is_dead(q) then
+      remove_queue(q)
+      alive = false
+    else
+      redis.call('ZADD', EXPIRING, NOW + expires / 1000, q)
+      for _, s in ipairs(STEPS) do redis.call('PEXPIRE', list_key(q, s), expires) end
+    end
+  end
+  if alive then
+    queues[#queues + 1] = q
+    ttlq[q] = redis.call('EXISTS', P .. '_celeriac.ttl.' .. q) == 1
+    local dkey = P .. '_celeriac.delayed.' .. q
+    local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', NOW, 'LIMIT', 0, 1000)
+    if #due > 0 then
+      for _, m in ipairs(due) do
+        local bar = string.find(m, '|', 1, true)
+        redis.call('LPUSH', list_key(q, string.sub(m, 1, bar - 1)), string.sub(m, bar + 1))
+      end
+      redis.call('ZREM', dkey, unpack(due))
+    end
+  end
+end
+
+local out = {'', 0}
+local got, dropped = 0, 0
+
+local function record(q, raw)
+  local ok, env = pcall(cjson.decode, raw)
+  local tag
+  if ok and type(env) == 'table' and type(env.properties) == 'table' then
+    tag = env.properties.delivery_tag
+  end
+  if type(tag) ~= 'string' or tag == '' then
+    tag = 'invalid-' .. redis.sha1hex(raw .. tostring(NOW) .. tostring(got))
+    raw = wrap(raw, tag, q)
+  end
+  if ttlq[q] then
+    local tkey = P .. '_celeriac.ttl.' .. q
+    local deadline = redis.call('ZSCORE', tkey, tag)
+    if deadline then
+      redis.call('ZREM', tkey, tag)
+      if tonumber(deadline) <= NOW then
+        dropped = dropped + 1
+        return
+      end
+    end
+  end
+  redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', "", ' .. cjson.encode(q) .. ']')
+  redis.call('ZADD', KEYS[2], NOW, tag)
+  redis.call('ZADD', KEYS[3], NOW + vt, tag)
+  local dk = P .. '_celeriac.delivery.' .. tag
+  local n = redis.call('HINCRBY', dk, 'n', 1)
+  redis.call('HSET', dk, 's', redis.call('ZSCORE', KEYS[2], tag))
+  redis.call('EXPIRE', dk, keep)
+  got = got + 1
+  out[#out + 1] = q
+  out[#out + 1] = n
+  out[#out + 1] = raw
+end
+
+local function take(q, step, want)
+  local items = redis.call('RPOP', list_key(q, step), want)
+  if items then
+    for _, raw in ipairs(items) do record(q, raw) end
+  end
+end
+
+if #queues > 0 then
+  for _, step in ipairs(STEPS) do
+    if got >= limit then break end
+    local share = math.ceil((limit - got) / #queues)
+    for _, q in ipairs(queues) do
+      if got >= limit then break end
+      take(q, step, math.min(share, limit - got))
+    end
+    for _, q in ipairs(queues) do
+      if got >= limit then break end
+      take(q, step, limit - got)
+    end
+  end
+end
+out[2] = dropped
+if got == 0 then
+  local soonest
+  for _, q in ipairs(queues) do
+    local first = redis.call('ZRANGE', P .. '_celeriac.delayed.' .. q, 0, 0, 'WITHSCORES')
+    if first[2] and (soonest == nil or tonumber(first[2]) < soonest) then
+      soonest = tonumber(first[2])
+    end
+  end
+  if soonest then out[1] = string.format('%.6f', soonest - NOW) end
+end
+return out
+"""
+)
+
+# The fence shared by ack, extend and requeue: the delivery record still names this claim
+# and unacked_index still holds the score this claim wrote.
+_FENCE = r"""
+local function current(tag, token)
+  local dk = P .. '_celeriac.delivery.' .. tag
+  local f = redis.call('HMGET', dk, 'n', 's')
+  return f[1] == token and f[2] and redis.call('ZSCORE', KEYS[2], tag) == f[2], dk
+end
+"""
+
+#: Settle claims (ack, or reject without requeue). KEYS = unacked, unacked_index, lease.
+#: ARGV[1] = prefix, then (tag, token) pairs. Returns how many were current.
+ACK = (
+    r"""
+local P = ARGV[1]
+"""
+    + _FENCE
+    + r"""
+local done = 0
+for i = 2, #ARGV, 2 do
+  local tag = ARGV[i]
+  local ok, dk = current(tag, ARGV[i + 1])
+  if ok then
+    redis.call('ZREM', KEYS[2], tag)
+    redis.call('HDEL', KEYS[1], tag)
+    redis.call('ZREM', KEYS[3], tag)
+    redis.call('DEL', dk)
+    done = done + 1
+  end
+end
+return done
+"""
+)
+
+#: Push leases ahead. KEYS as ACK. ARGV[1] = prefix, ARGV[2] = seconds, ARGV[3] = the
+#: visibility timeout (kombu peers judge ``unacked_index`` by it), ARGV[4] = delivery
+#: record lifetime, then (tag, token) pairs.
+EXTEND = (
+    r"""
+local P = ARGV[1]
+local T = redis.call('TIME')
+local NOW = tonumber(T[1]) + tonumber(T[2]) / 1000000
+local secs, vt, keep = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+"""
+    + _FENCE
+    + r"""
+local done = 0
+for i = 5, #ARGV, 2 do
+  local tag = ARGV[i]
+  local ok, dk = current(tag, ARGV[i + 1])
+  if ok then
+    redis.call('ZADD', KEYS[2], NOW + secs - vt, tag)
+    redis.call('ZADD', KEYS[3], NOW + secs, tag)
+    redis.call('HSET', dk, 's', redis.call('ZSCORE', KEYS[2], tag))
+    redis.call('EXPIRE', dk, keep)
+    done = done + 1
+  end
+end
+return done
+"""
+)
+
+#: Return current claims to the front of their queues. KEYS as ACK. ARGV[1] = prefix,
+#: ARGV[2] = doorbell prefix, then 5 fields each: tag, token, list key, queue, envelope.
+REQUEUE = (
+    r"""
+local P, READY = ARGV[1], ARGV[2]
+"""
+    + _FENCE
+    + r"""
+local done = 0
+for i = 3, #ARGV, 5 do
+  local tag = ARGV[i]
+  local ok, dk = current(tag, ARGV[i + 1])
+  if ok and redis.call('HEXISTS', KEYS[1], tag) == 1 then
+    redis.call('ZREM', KEYS[2], tag)
+    redis.call('HDEL', KEYS[1], tag)
+    redis.call('ZREM', KEYS[3], tag)
+    redis.call('HDEL', dk, 's')
+    if redis.call('RPUSH', ARGV[i + 2], ARGV[i + 4]) == 1 then
+      redis.call('PUBLISH', READY .. ARGV[i + 3], '')
+    end
+    done = done + 1
+  end
+end
+return done
+"""
+)
+
+#: Take ``unacked_mutex`` and list what is due for restore. KEYS = unacked, unacked_index,
+#: lease, unacked_mutex. ARGV[4] = visibility timeout, ARGV[5] = limit, ARGV[6] = mutex
+#: token, ARGV[7] = mutex lifetime (ms). Also deletes expiring queues nobody used in time.
+#: Returns ``(tag, score, unacked entry)*``; empty (mutex released) when nothing is due.
+RESTORE_SCAN = (
+    _PRELUDE
+    + r"""
+local vt, limit, token = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
+if not redis.call('SET', KEYS[4], token, 'NX', 'PX', ARGV[7]) then return {} end
+for _, q in ipairs(redis.call('ZRANGEBYSCORE', EXPIRING, '-inf', NOW, 'LIMIT', 0, 100)) do
+  remove_queue(q)
+end
+local out = {}
+for _, tag in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', NOW, 'LIMIT', 0, limit)) do
+  local score = redis.call('ZSCORE', KEYS[2], tag)
+  local s = redis.call('HGET', P .. '_celeriac.delivery.' .. tag, 's')
+  local entry = redis.call('HGET', KEYS[1], tag)
+  if score and score == s and entry then
+    out[#out + 1] = tag
+    out[#out + 1] = score
+    out[#out + 1] = entry
+  else
+    redis.call('ZREM', KEYS[3], tag)
+  end
+end
+local old = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', NOW - vt, 'LIMIT', 0, limit)
+for _, tag in ipairs(old) do
+  if not redis.call('ZSCORE', KEYS[3], tag) then
+    local entry = redis.call('HGET', KEYS[1], tag)
+    if entry then
+      out[#out + 1] = tag
+      out[#out + 1] = redis.call('ZSCORE', KEYS[2], tag)
+      out[#out + 1] = entry
+    else
+      redis.call('ZREM', KEYS[2], tag)
+    end
+  end
+end
+if #out == 0 and redis.call('GET', KEYS[4]) == token then redis.call('DEL', KEYS[4]) end
+return out
+"""
+)
+
+#: Move listed unacked entries back to the front of their queues, if still unchanged, then
+#: release the mutex. KEYS as RESTORE_SCAN. ARGV[1] = prefix, ARGV[2] = doorbell prefix,
+#: ARGV[3] = mutex token, then per entry: tag, expected score, envelope, target count,
+#: and (list key, queue) per target.
+RESTORE = r"""
+local P, READY, token = ARGV[1], ARGV[2], ARGV[3]
+local ready = {}
+local done = 0
+local i = 4
+while i <= #ARGV do
+  local tag, score, env, n = ARGV[i], ARGV[i + 1], ARGV[i + 2], tonumber(ARGV[i + 3])
+  local first = i + 4
+  i = first + 2 * n
+  if redis.call('ZSCORE', KEYS[2], tag) == score and redis.call('HEXISTS', KEYS[1], tag) == 1 then
+    redis.call('ZREM', KEYS[2], tag)
+    redis.call('HDEL', KEYS[1], tag)
+    redis.call('ZREM', KEYS[3], tag)
+    redis.call('HDEL', P .. '_celeriac.delivery.' .. tag, 's')
+    for x = first, i - 1, 2 do
+      if redis.call('RPUSH', ARGV[x], env) == 1 then ready[ARGV[x + 1]] = true end
+    end
+    done = done + 1
+  end
+end
+if redis.call('GET', KEYS[4]) == token then redis.call('DEL', KEYS[4]) end
+for q, _ in pairs(ready) do redis.call('PUBLISH', READY .. q, '') end
+return done
+"""
+
+#: Release ``unacked_mutex`` if we still hold it (what redis-py's Lock does, so kombu and
+#: celeriac processes share the one mutex). KEYS[1] = mutex, ARGV[1] = token.
+RELEASE_MUTEX = r"""
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+
+#: Record a queue and its bindings. ARGV[4] = queue, ARGV[5] = expires ms ('' = never),
+#: ARGV[6] = message ttl ms ('' = none), ARGV[7] = JSON list of ``[exchange, member]``,
+#: ARGV[8] = kombu binding-table lifetime (ms) for expiring queues.
+DECLARE_QUEUE = (
+    _PRELUDE
+    + r"""
+local q, expires, ttl = ARGV[4], tonumber(ARGV[5]), tonumber(ARGV[6])
+local meta = P .. '_celeriac.queue.' .. q
+local new = cjson.decode(ARGV[7])
+local merged, seen = {}, {}
+local old = redis.call('HGET', meta, 'bindings')
+if old then
+  local ok, list = pcall(cjson.decode, old)
+  if ok and type(list) == 'table' then
+    for _, b in ipairs(list) do
+      local k = b[1] .. SEP .. b[2]
+      if not seen[k] then seen[k] = true; merged[#merged + 1] = b end
+    end
+  end
+end
+for _, b in ipairs(new) do
+  local k = b[1] .. SEP .. b[2]
+  if not seen[k] then seen[k] = true; merged[#merged + 1] = b end
+end
+redis.call('HSET', meta, 'bindings', #merged > 0 and cjson.encode(merged) or '[]')
+if ttl then redis.call('HSET', meta, 'ttl', ttl) else redis.call('HDEL', meta, 'ttl') end
+local ms = tonumber(T[1]) * 1000 + math.floor(tonumber(T[2]) / 1000)
+if expires then
+  redis.call('HSET', meta, 'expires', expires)
+  redis.call('ZADD', EXPIRING, NOW + expires / 1000, q)
+  for _, b in ipairs(new) do
+    redis.call('SADD', P .. '_kombu.binding.' .. b[1], b[2])
+    redis.call('ZADD', P .. '_kombu.binding_deadlines', 'GT', ms + tonumber(ARGV[8]), b[1])
+  end
+else
+  redis.call('HDEL', meta, 'expires')
+  redis.call('ZREM', EXPIRING, q)
+  for _, b in ipairs(new) do
+    redis.call('SADD', P .. '_kombu.binding.' .. b[1], b[2])
+    redis.call('SADD', P .. '_kombu.binding_permanent.' .. b[1], b[2])
+  end
+end
+return 1
+"""
+)
+
+#: Delete a queue: its lists, delayed and ttl sets, bindings and record. ARGV[4] = queue.
+DELETE_QUEUE = (
+    _PRELUDE
+    + r"""
+return remove_queue(ARGV[4])
+"""
+)

@@ -1,0 +1,549 @@
+"""The prefork pool: ``limit`` child processes forked from the worker.
+
+Children are forked in :meth:`PreforkPool.start` and replaced whenever one dies, is killed
+at a hard time limit, or has run ``max_tasks_per_child`` jobs. Parent and child talk over a
+pair of pipes with length-prefixed pickled lists (see
+:mod:`celeriac.worker.pools._prefork_child`); the parent reads outcomes with
+``loop.add_reader``, so no thread sits between a child and the loop.
+
+Each child runs one job at a time, which makes two things exact: when a child dies, the
+job it was running is known (FAILURE :class:`~celeriac.exceptions.WorkerLostError`,
+``worker_lost=True``, so ``reject_on_worker_lost`` can requeue it), and a hard time limit
+can kill just that job. Jobs go to idle children in submission order; ``on_start`` is called
+when the job has been written to an idle child, which starts it at once.
+
+Time limits: at the soft deadline the parent sends SIGUSR1 and the child raises
+SoftTimeLimitExceeded inside the task (at the current ``await`` for ``async def`` tasks);
+at the hard deadline the parent SIGKILLs the child, reports FAILURE TimeLimitExceeded and
+forks a replacement.
+
+Children are reaped through a pidfd per child on Linux (readable when the process exits);
+elsewhere through end-of-file on the result pipe followed by ``waitpid`` polling.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections import deque
+from typing import Any
+
+from ...exceptions import DecodeError, EncodeError
+from .. import tracer as _tracer
+from . import _prefork_child as _child
+from ._common import (
+    DONE,
+    RUNNING,
+    Entry,
+    call_on_done,
+    call_on_start,
+    lost_outcome,
+    time_limit_outcome,
+)
+from .base import Job, OnDone, OnStart, Outcome, Pool
+
+__all__ = ["PreforkPool"]
+
+logger = logging.getLogger("celeriac.worker.pools")
+
+#: Seconds a warm stop waits for idle children to exit before killing them.
+EXIT_GRACE = 10.0
+#: Seconds between ``waitpid`` polls where pidfds are not available.
+REAP_POLL = 0.01
+#: Children that may die before their first job, in a row, before replacing them slows down.
+EARLY_DEATHS_ALLOWED = 3
+#: Longest pause (s) before replacing a child when children keep dying at start.
+RESPAWN_DELAY_MAX = 5.0
+#: Bytes read from a result pipe per readable event.
+READ_SIZE = 1 << 16
+
+_HEADER_SIZE = _child.HEADER.size
+_unpack = _child.HEADER.unpack
+_HAS_PIDFD = hasattr(os, "pidfd_open")
+_CHILD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1}
+
+
+class _Child:
+    """The parent's view of one child process."""
+
+    __slots__ = (
+        "buffer",
+        "count",
+        "entry",
+        "exited",
+        "job_fd",
+        "kill_reason",
+        "outbox",
+        "pid",
+        "pidfd",
+        "result_fd",
+        "retiring",
+        "started",
+    )
+
+    def __init__(self, pid: int, job_fd: int, result_fd: int, pidfd: int | None) -> None:
+        self.pid = pid
+        self.job_fd: int | None = job_fd
+        self.result_fd: int | None = result_fd
+        self.pidfd = pidfd
+        self.buffer = bytearray()
+        self.entry: Entry | None = None
+        self.count = 0
+        self.retiring = False
+        self.kill_reason: str | None = None
+        self.outbox: memoryview | None = None
+        self.exited = False
+        self.started = 0.0
+
+    def __repr__(self) -> str:
+        job = self.entry.job.id if self.entry is not None else None
+        return f"<child pid={self.pid} job={job} done={self.count}>"
+
+
+class PreforkPool(Pool):
+    """``limit`` forked child processes, one job each at a time."""
+
+    name = "prefork"
+    kills_on_time_limit = True
+
+    def __init__(self, app: Any, limit: int, **kwargs: Any) -> None:
+        super().__init__(app, limit, **kwargs)
+        if self.max_tasks_per_child is not None and self.max_tasks_per_child < 1:
+            raise ValueError(
+                f"max_tasks_per_child must be at least 1, not {self.max_tasks_per_child}"
+            )
+        self._pending: deque[Entry] = deque()
+        self._running: set[Entry] = set()
+        self._children: dict[int, _Child] = {}
+        self._idle: deque[_Child] = deque()
+        #: Parent-side fds of every child: a new child closes them all.
+        self._fds: set[int] = set()
+        self._closing = False
+        self._waiters: list[asyncio.Future[None]] = []
+        self._early_deaths = 0
+
+    # --- Pool API ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await super().start()
+        for _ in range(self.limit):
+            self._spawn()
+        if self._pending:
+            self._dispatch()
+
+    def submit(self, job: Job, on_start: OnStart, on_done: OnDone) -> None:
+        if self._closing:
+            raise RuntimeError(f"{self!r} is stopping: it accepts no new jobs")
+        self._pending.append(Entry(job, on_start, on_done))
+        if self._idle:
+            self._dispatch()
+
+    def take_pending(self) -> list[Job]:
+        jobs = [entry.job for entry in self._pending]
+        self._pending.clear()
+        return jobs
+
+    @property
+    def num_active(self) -> int:
+        return len(self._running)
+
+    @property
+    def num_pending(self) -> int:
+        return len(self._pending)
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self._children.values() if not c.retiring and not c.exited]
+
+    async def stop(self) -> None:
+        """Wait for running jobs, then ask every child to exit (SIGKILL after a grace period)."""
+        self._closing = True
+        await self._wait_for(lambda: not self._running)
+        for child in list(self._children.values()):
+            self._retire(child)
+        try:
+            await asyncio.wait_for(self._wait_for(lambda: not self._children), EXIT_GRACE)
+        except TimeoutError:
+            logger.warning("prefork: children did not exit in %ss; killing them", EXIT_GRACE)
+            await self.terminate()
+
+    async def terminate(self) -> None:
+        """SIGKILL every child; running jobs are reported lost (WorkerLostError)."""
+        self._closing = True
+        for child in list(self._children.values()):
+            if child.kill_reason is None:
+                child.kill_reason = "terminated"
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child.pid, signal.SIGKILL)
+        try:
+            await asyncio.wait_for(self._wait_for(lambda: not self._children), 5.0)
+        except TimeoutError:  # a reaper missed its event: reap by hand
+            for child in list(self._children.values()):
+                self._reap(child, block=True)
+
+    # --- children ------------------------------------------------------------------------
+
+    def _spawn(self) -> _Child:
+        loop = self.loop
+        assert loop is not None, "PreforkPool.start() was not awaited"
+        job_r, job_w = os.pipe()
+        result_r, result_w = os.pipe()
+        parent_pid = os.getpid()
+        close_in_child = [*self._fds, job_w, result_r]
+        # Signals meant for the child wait until it has set its own handlers.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, _CHILD_SIGNALS)
+        pid = -1
+        try:
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child, which always os._exit()s
+                _child.child_main(self.app, job_r, result_w, close_in_child, parent_pid, mask)
+        finally:
+            if pid != 0:
+                signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        os.close(job_r)
+        os.close(result_w)
+        os.set_blocking(job_w, False)
+        os.set_blocking(result_r, False)
+        pidfd = None
+        if _HAS_PIDFD:
+            with contextlib.suppress(OSError):
+                pidfd = os.pidfd_open(pid)
+        child = _Child(pid, job_w, result_r, pidfd)
+        self._children[pid] = child
+        self._fds.update((job_w, result_r))
+        loop.add_reader(result_r, self._on_readable, child)
+        if pidfd is not None:
+            self._fds.add(pidfd)
+            loop.add_reader(pidfd, self._on_exit, child)
+        self._idle.append(child)
+        return child
+
+    def _retire(self, child: _Child) -> None:
+        """Ask a child to exit when it is idle: end-of-file on its job pipe."""
+        child.retiring = True
+        with contextlib.suppress(ValueError):
+            self._idle.remove(child)
+        self._close_job_fd(child)
+
+    def _close_job_fd(self, child: _Child) -> None:
+        fd = child.job_fd
+        if fd is not None:
+            child.job_fd = None
+            child.outbox = None
+            assert self.loop is not None
+            self.loop.remove_writer(fd)
+            self._fds.discard(fd)
+            os.close(fd)
+
+    # --- sending jobs --------------------------------------------------------------------
+
+    def _dispatch(self) -> None:
+        pending, idle = self._pending, self._idle
+        while pending and idle and not self._closing:
+            child = idle.popleft()
+            entry = pending.popleft()
+            job = entry.job
+            try:
+                frame = _child.encode_frame([_child.job_record(job)])
+            except Exception as err:
+                idle.appendleft(child)
+                entry.state = DONE
+                bad = EncodeError(
+                    f"job {job.name}[{job.id}] cannot be sent to a pool process: {err}"
+                )
+                call_on_done(entry, _tracer.failure(bad))
+                continue
+            entry.state = RUNNING
+            entry.pid = child.pid
+            self._running.add(entry)
+            child.entry = entry
+            loop = self.loop
+            assert loop is not None
+            child.started = loop.time()
+            if job.time_limit or job.soft_time_limit:
+                self._arm(child, entry, loop)
+            self._send(child, frame)
+            call_on_start(entry, child.pid)
+
+    def _send(self, child: _Child, frame: bytes) -> None:
+        fd = child.job_fd
+        if fd is None:
+            return
+        try:
+            written = os.write(fd, frame)
+        except BlockingIOError:
+            written = 0
+        except OSError:  # the child is gone: its exit reports the job
+            return
+        if written < len(frame):
+            child.outbox = memoryview(frame)[written:]
+            assert self.loop is not None
+            self.loop.add_writer(fd, self._on_writable, child)
+
+    def _on_writable(self, child: _Child) -> None:
+        fd, out = child.job_fd, child.outbox
+        assert self.loop is not None
+        if fd is None or out is None:
+            if fd is not None:
+                self.loop.remove_writer(fd)
+            return
+        try:
+            written = os.write(fd, out)
+        except BlockingIOError:
+            return
+        except OSError:
+            child.outbox = None
+            self.loop.remove_writer(fd)
+            return
+        out = out[written:]
+        child.outbox = out if out else None
+        if not out:
+            self.loop.remove_writer(fd)
+
+    def _arm(self, child: _Child, entry: Entry, loop: asyncio.AbstractEventLoop) -> None:
+        job = entry.job
+        now = loop.time()
+        soft, hard = job.soft_time_limit, job.time_limit
+        timers = []
+        if soft and (not hard or soft < hard):
+            timers.append(
+                loop.call_at(now + soft, self._signal_child, child, entry, signal.SIGUSR1, None)
+            )
+        if hard:
+            timers.append(
+                loop.call_at(
+                    now + hard, self._signal_child, child, entry, signal.SIGKILL, "time_limit"
+                )
+            )
+        entry.timers = timers
+
+    def _signal_child(self, child: _Child, entry: Entry, signum: int, reason: str | None) -> None:
+        if child.entry is not entry or child.exited:
+            return
+        if reason is not None:
+            child.kill_reason = reason
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, signum)
+
+    # --- receiving outcomes ----------------------------------------------------------------
+
+    def _on_readable(self, child: _Child) -> None:
+        fd = child.result_fd
+        if fd is None:
+            return
+        try:
+            data = os.read(fd, READ_SIZE)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if data:
+            child.buffer += data
+            self._parse(child)
+            return
+        self._close_result_fd(child)
+        if child.pidfd is None and not child.exited:
+            self._reap(child)
+
+    def _read_rest(self, child: _Child) -> None:
+        """Take whatever a dead child wrote before it died."""
+        fd = child.result_fd
+        while fd is not None:
+            try:
+                data = os.read(fd, READ_SIZE)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            child.buffer += data
+        self._parse(child)
+
+    def _parse(self, child: _Child) -> None:
+        buf = child.buffer
+        while len(buf) >= _HEADER_SIZE:
+            (size,) = _unpack(buf[:_HEADER_SIZE])
+            end = _HEADER_SIZE + size
+            if len(buf) < end:
+                return
+            payload = bytes(buf[_HEADER_SIZE:end])
+            del buf[:end]
+            try:
+                records = _child._loads(payload)
+            except Exception as err:
+                self._undecodable(child, err)
+                continue
+            for record in records:
+                self._on_outcome(child, record)
+
+    def _undecodable(self, child: _Child, err: Exception) -> None:
+        entry = child.entry
+        if entry is None:
+            logger.error("prefork: undecodable message from child %s: %r", child.pid, err)
+            return
+        job = entry.job
+        bad = DecodeError(
+            f"the outcome of {job.name}[{job.id}] could not be read from the pool "
+            f"process: {type(err).__name__}: {err}"
+        )
+        self._finish(child, entry, _tracer.failure(bad, pid=child.pid))
+
+    def _on_outcome(self, child: _Child, record: tuple[Any, ...]) -> None:
+        entry = child.entry
+        job_id, state, retval, exc, tb, runtime, requeue = record
+        if entry is None or entry.job.id != job_id:
+            logger.error("prefork: child %s reported job %s it was not running", child.pid, job_id)
+            return
+        self._finish(child, entry, Outcome(state, retval, exc, tb, runtime, child.pid, requeue))
+
+    def _finish(self, child: _Child, entry: Entry, outcome: Outcome) -> None:
+        child.entry = None
+        child.count += 1
+        if entry.state == RUNNING:
+            entry.state = DONE
+            self._running.discard(entry)
+            call_on_done(entry, outcome)
+        if child.exited:
+            return
+        if self._closing:
+            self._idle.append(child)
+        elif self.max_tasks_per_child and child.count >= self.max_tasks_per_child:
+            self._retire(child)
+            self._spawn()
+        else:
+            self._idle.append(child)
+        if self._pending:
+            self._dispatch()
+        self._notify()
+
+    # --- child exits --------------------------------------------------------------------
+
+    def _on_exit(self, child: _Child) -> None:
+        """The child's pidfd is readable: it has exited."""
+        self._reap(child)
+
+    def _reap(self, child: _Child, block: bool = False) -> None:
+        try:
+            flags = 0 if block or child.pidfd is not None else os.WNOHANG
+            pid, status = os.waitpid(child.pid, flags)
+        except ChildProcessError:  # reaped by someone else: status unknown
+            pid, status = child.pid, -1
+        if pid == 0:  # not yet: poll
+            assert self.loop is not None
+            self.loop.call_later(REAP_POLL, self._reap, child)
+            return
+        self._child_exited(child, status)
+
+    def _child_exited(self, child: _Child, status: int) -> None:
+        if child.exited:
+            return
+        child.exited = True
+        loop = self.loop
+        assert loop is not None
+        if child.pidfd is not None:
+            loop.remove_reader(child.pidfd)
+            self._fds.discard(child.pidfd)
+            os.close(child.pidfd)
+            child.pidfd = None
+        self._read_rest(child)
+        self._close_result_fd(child)
+        self._close_job_fd(child)
+        self._children.pop(child.pid, None)
+        with contextlib.suppress(ValueError):
+            self._idle.remove(child)
+        entry = child.entry
+        if entry is not None:
+            child.entry = None
+            if entry.state == RUNNING:
+                entry.state = DONE
+                self._running.discard(entry)
+                runtime = loop.time() - child.started
+                if child.kill_reason == "time_limit":
+                    outcome = time_limit_outcome(entry.job, child.pid, runtime)
+                else:
+                    outcome = lost_outcome(
+                        _describe_exit(child, status, entry.job.id), child.pid, runtime
+                    )
+                call_on_done(entry, outcome)
+        if not child.retiring and not self._closing:
+            delay = 0.0
+            if child.kill_reason is None and entry is None:
+                logger.error(
+                    "prefork: child %s exited unexpectedly (%s); replacing it",
+                    child.pid,
+                    _describe_status(status),
+                )
+                if child.count == 0:  # died before its first job: back off if it repeats
+                    self._early_deaths += 1
+                    if self._early_deaths > EARLY_DEATHS_ALLOWED:
+                        delay = min(
+                            RESPAWN_DELAY_MAX,
+                            0.1 * 2 ** (self._early_deaths - EARLY_DEATHS_ALLOWED),
+                        )
+            else:
+                self._early_deaths = 0
+            if delay:
+                loop.call_later(delay, self._respawn)
+            else:
+                self._respawn()
+        self._notify()
+
+    def _respawn(self) -> None:
+        if self._closing:
+            return
+        self._spawn()
+        if self._pending:
+            self._dispatch()
+
+    def _close_result_fd(self, child: _Child) -> None:
+        fd = child.result_fd
+        if fd is not None:
+            child.result_fd = None
+            assert self.loop is not None
+            self.loop.remove_reader(fd)
+            self._fds.discard(fd)
+            os.close(fd)
+
+    # --- waiting -------------------------------------------------------------------------
+
+    async def _wait_for(self, condition: Any) -> None:
+        while not condition():
+            assert self.loop is not None
+            waiter = self.loop.create_future()
+            self._waiters.append(waiter)
+            await waiter
+
+    def _notify(self) -> None:
+        waiters, self._waiters = self._waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    def info(self) -> dict[str, Any]:
+        info = super().info()
+        info["idle-processes"] = len(self._idle)
+        return info
+
+
+def _describe_status(status: int) -> str:
+    if status < 0:
+        return "exit status unknown"
+    if os.WIFSIGNALED(status):
+        signum = os.WTERMSIG(status)
+        try:
+            name = signal.Signals(signum).name
+        except ValueError:
+            name = "unknown"
+        return f"signal {signum} ({name})"
+    return f"exitcode {os.waitstatus_to_exitcode(status)}"
+
+
+def _describe_exit(child: _Child, status: int, job_id: str) -> str:
+    if child.kill_reason == "terminated":
+        return (
+            f"Worker terminated while the task was running: {_describe_status(status)} "
+            f"Job: {job_id}."
+        )
+    return f"Worker exited prematurely: {_describe_status(status)} Job: {job_id}."

@@ -1,0 +1,421 @@
+"""The path of one task, end to end through a real worker, on every embedded transport.
+
+Each test builds an app on the transport under test, starts a real WorkController on a
+thread (celeriac.testing.start_worker) and observes what a user would: results, states,
+exceptions, the quarantine queue, timing of countdowns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+import uuid
+from typing import Any
+
+import pytest
+
+from celeriac import Celeriac, states
+from celeriac.exceptions import (
+    ConfigurationError,
+    ConnectionBrokenError,
+    NotRegistered,
+    SoftTimeLimitExceeded,
+    TaskRevokedError,
+    TimeLimitExceeded,
+    WorkerLostError,
+)
+from celeriac.messaging.transports.base import QUARANTINE_QUEUE
+from celeriac.testing import start_worker
+from celeriac.utils import portal
+from celeriac.worker.bootsteps import StartStopStep, Step
+
+TRANSPORTS = ["memory", "sqlite"]
+
+
+@pytest.fixture(params=TRANSPORTS)
+def app(request: pytest.FixtureRequest, tmp_path: Any) -> Celeriac:
+    if request.param == "memory":
+        url = f"memory://{uuid.uuid4().hex}"
+        backend = f"memory://{uuid.uuid4().hex}"
+    else:
+        url = backend = f"sqlite:///{tmp_path / 'celeriac.db'}"
+    app = Celeriac(
+        "t",
+        broker=url,
+        backend=backend,
+        broker_transport_options={"visibility_timeout": 5},
+        set_as_current=False,
+    )
+    define_tasks(app)
+    yield app
+    app.close()
+
+
+CALLS: dict[str, list[Any]] = {}
+
+
+def define_tasks(app: Celeriac) -> None:
+    @app.task(name="t.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @app.task(name="t.aadd")
+    async def aadd(x: int, y: int) -> int:
+        await asyncio.sleep(0.01)
+        return x + y
+
+    @app.task(name="t.fail")
+    def fail(message: str) -> None:
+        raise ValueError(message, 7)
+
+    @app.task(name="t.flaky", bind=True, max_retries=5, default_retry_delay=0.05)
+    def flaky(self: Any, key: str, succeed_on: int) -> int:
+        CALLS.setdefault(key, []).append(self.request.retries)
+        if self.request.retries < succeed_on:
+            raise self.retry()
+        return self.request.retries
+
+    @app.task(
+        name="t.auto",
+        bind=True,
+        autoretry_for=(KeyError,),
+        max_retries=2,
+        retry_kwargs={"countdown": 0.01},
+    )
+    def auto(self: Any, key: str) -> None:
+        CALLS.setdefault(key, []).append(self.request.retries)
+        raise KeyError(key)
+
+    @app.task(name="t.context", bind=True)
+    def context(self: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        r = self.request
+        return {
+            "id": r.id,
+            "retries": r.retries,
+            "hostname": r.hostname,
+            "args": list(r.args),
+            "kwargs": dict(r.kwargs),
+            "root_id": r.root_id,
+            "parent_id": r.parent_id,
+            "routing_key": r.delivery_info.get("routing_key"),
+        }
+
+    @app.task(name="t.parent", bind=True)
+    def parent(self: Any) -> str:
+        return app.tasks["t.context"].delay().id
+
+    @app.task(name="t.now")
+    def now() -> float:
+        return time.time()
+
+    @app.task(name="t.soft", soft_time_limit=0.3)
+    def soft() -> str:
+        try:
+            time.sleep(5)
+        except SoftTimeLimitExceeded:
+            return "cleaned up"
+        return "not interrupted"
+
+    @app.task(name="t.hard", time_limit=0.5)
+    def hard() -> str:
+        time.sleep(10)
+        return "not killed"
+
+    @app.task(name="t.limited", rate_limit="10/s")
+    def limited() -> float:
+        return time.time()
+
+    @app.task(name="t.die_once", acks_late=True, reject_on_worker_lost=True)
+    def die_once(marker: str) -> str:
+        if not os.path.exists(marker):
+            open(marker, "w").close()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return "survived"
+
+    @app.task(name="t.die")
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    @app.task(name="t.sleep")
+    def sleep(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+
+def queue_length(app: Celeriac, name: str) -> int:
+    async def length() -> int:
+        conn = await app.get_connection()
+        return await conn.transport.queue_length(name)
+
+    return portal.run(length())
+
+
+# -- the basic path, on every pool ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("pool", ["solo", "threads", "asyncio", "prefork"])
+def test_sync_and_async_tasks_run_on_every_pool(app: Celeriac, pool: str) -> None:
+    # Given a worker with this pool
+    with start_worker(app, pool=pool, concurrency=2):
+        # When sync and async def tasks are sent
+        sync = [app.tasks["t.add"].delay(i, i) for i in range(10)]
+        asyn = [app.tasks["t.aadd"].delay(i, 1) for i in range(10)]
+        # Then every result comes back
+        assert [r.get(timeout=20) for r in sync] == [i + i for i in range(10)]
+        assert [r.get(timeout=20) for r in asyn] == [i + 1 for i in range(10)]
+        assert sync[0].state == states.SUCCESS and sync[0].successful()
+
+
+def test_failure_reraises_with_type_and_message(app: Celeriac) -> None:
+    with start_worker(app):
+        res = app.tasks["t.fail"].delay("bad value")
+        with pytest.raises(ValueError) as info:
+            res.get(timeout=10)
+        assert info.value.args == ("bad value", 7)
+        assert res.state == states.FAILURE and res.failed()
+        assert "ValueError" in res.traceback
+        assert isinstance(res.get(timeout=1, propagate=False), ValueError)
+
+
+def test_retry_runs_again_with_retries_counted(app: Celeriac) -> None:
+    key = uuid.uuid4().hex
+    with start_worker(app):
+        assert app.tasks["t.flaky"].delay(key, 3).get(timeout=20) == 3
+    assert CALLS[key] == [0, 1, 2, 3]
+
+
+def test_autoretry_gives_up_with_the_original_exception(app: Celeriac) -> None:
+    key = uuid.uuid4().hex
+    with start_worker(app):
+        res = app.tasks["t.auto"].delay(key)
+        with pytest.raises(KeyError):
+            res.get(timeout=20)
+    assert CALLS[key] == [0, 1, 2]
+
+
+def test_request_context_and_parent_linking(app: Celeriac) -> None:
+    with start_worker(app) as worker:
+        res = app.tasks["t.context"].apply_async((1, 2), {"k": "v"})
+        ctx = res.get(timeout=10)
+        assert ctx["id"] == res.id and ctx["root_id"] == res.id and ctx["parent_id"] is None
+        assert ctx["args"] == [1, 2] and ctx["kwargs"] == {"k": "v"}
+        assert ctx["hostname"] == worker.hostname and ctx["routing_key"] == "celery"
+        # A task sent from inside a task has the sender as parent and the same root.
+        parent = app.tasks["t.parent"].delay()
+        child_id = parent.get(timeout=10)
+        child = app.AsyncResult(child_id).get(timeout=10)
+        assert child["parent_id"] == parent.id and child["root_id"] == parent.id
+
+
+def test_countdown_is_not_run_early(app: Celeriac) -> None:
+    with start_worker(app):
+        sent = time.time()
+        res = app.tasks["t.now"].apply_async(countdown=1.0)
+        ran = res.get(timeout=10)
+        assert ran - sent >= 0.95
+
+
+def test_expired_task_is_revoked_not_run(app: Celeriac) -> None:
+    res = app.tasks["t.add"].apply_async((1, 1), expires=0.05)
+    time.sleep(0.2)
+    with start_worker(app):
+        with pytest.raises(TaskRevokedError):
+            res.get(timeout=10)
+        assert res.state == states.REVOKED
+
+
+def test_revoked_id_is_dropped(app: Celeriac) -> None:
+    with start_worker(app) as worker:
+        worker.state.revoked.add("revoked-id")
+        res = app.tasks["t.add"].apply_async((1, 1), task_id="revoked-id")
+        with pytest.raises(TaskRevokedError):
+            res.get(timeout=10)
+
+
+def test_unknown_task_fails_and_is_quarantined(app: Celeriac) -> None:
+    with start_worker(app):
+        res = app.send_task("t.nope", (1,))
+        with pytest.raises(NotRegistered):
+            res.get(timeout=10)
+    assert queue_length(app, QUARANTINE_QUEUE) == 1
+
+
+def test_disallowed_content_is_quarantined_not_run(app: Celeriac) -> None:
+    # Given a worker that accepts only JSON, when a pickled message arrives
+    with start_worker(app):
+        app.tasks["t.add"].apply_async((1, 2), serializer="pickle")
+        deadline = time.time() + 10
+        while queue_length(app, QUARANTINE_QUEUE) < 1 and time.time() < deadline:
+            time.sleep(0.05)
+    # Then it is quarantined with its bytes, not executed
+    assert queue_length(app, QUARANTINE_QUEUE) == 1
+
+
+def test_soft_time_limit_raises_inside_the_task(app: Celeriac) -> None:
+    with start_worker(app, pool="prefork", concurrency=1):
+        assert app.tasks["t.soft"].delay().get(timeout=10) == "cleaned up"
+
+
+@pytest.mark.parametrize("pool", ["prefork", "threads"])
+def test_hard_time_limit_fails_the_task(app: Celeriac, pool: str) -> None:
+    with start_worker(app, pool=pool, concurrency=1):
+        res = app.tasks["t.hard"].delay()
+        with pytest.raises(TimeLimitExceeded):
+            res.get(timeout=10)
+        # the pool keeps working afterwards
+        assert app.tasks["t.add"].delay(2, 2).get(timeout=10) == 4
+
+
+def test_rate_limit_spaces_executions(app: Celeriac) -> None:
+    with start_worker(app, concurrency=4):
+        results = [app.tasks["t.limited"].delay() for _ in range(5)]
+        times = sorted(r.get(timeout=20) for r in results)
+    # 10/s with a bucket of one: five executions span at least ~0.4 s
+    assert times[-1] - times[0] >= 0.35
+
+
+def test_link_and_link_error_callbacks(app: Celeriac) -> None:
+    add = app.tasks["t.add"]
+    with start_worker(app):
+        callback_id = str(uuid.uuid4())
+        add.apply_async((2, 3), link=add.s(10).set(task_id=callback_id)).get(timeout=10)
+        assert app.AsyncResult(callback_id).get(timeout=10) == 15
+        errback_id = str(uuid.uuid4())
+        failing = app.tasks["t.fail"].apply_async(
+            ("x",), link_error=app.tasks["t.context"].s().set(task_id=errback_id)
+        )
+        with pytest.raises(ValueError):
+            failing.get(timeout=10)
+        assert app.AsyncResult(errback_id).get(timeout=10)["args"] == [failing.id]
+
+
+def test_warm_shutdown_returns_unstarted_messages_at_once(app: Celeriac) -> None:
+    # Given a single-slot worker busy with a long task and more waiting in its prefetch
+    with start_worker(app, concurrency=1) as worker:
+        running = app.tasks["t.sleep"].delay(1.0)
+        [app.tasks["t.sleep"].delay(0.5) for _ in range(3)]
+        deadline = time.time() + 10
+        while not worker.state.active and time.time() < deadline:
+            time.sleep(0.02)
+    # When it stops warm, the running one finished and the others are back in the queue
+    assert running.get(timeout=5) == 1.0
+    assert queue_length(app, "celery") == 3
+
+
+def test_cold_shutdown_requeues_running_acks_late_tasks(app: Celeriac) -> None:
+    # Given an acks_late task running in a prefork child
+    sleep = app.tasks["t.sleep"]
+    with start_worker(app, pool="prefork", concurrency=1, shutdown="cold") as worker:
+        app.conf.task_acks_late = True
+        res = sleep.delay(30)
+        deadline = time.time() + 10
+        while not worker.state.active and time.time() < deadline:
+            time.sleep(0.02)
+        assert worker.state.active
+    # When the worker stops cold, the execution is killed and its message is back at once
+    assert queue_length(app, "celery") == 1
+    assert res.state == states.PENDING
+
+
+def test_unreachable_broker_ends_the_worker_with_a_clear_error(tmp_path: Any) -> None:
+    url = f"sqlite:///{tmp_path / 'missing-dir' / 'x.db'}"
+    app = Celeriac("t", broker=url, backend="memory://", set_as_current=False)
+    app.conf.broker_connection_max_retries = 1
+    worker = app.Worker(pool="solo", install_signal_handlers=False)
+    assert worker.start() == 1
+
+
+def test_lost_worker_process_requeues_or_fails(app: Celeriac, tmp_path: Any) -> None:
+    with start_worker(app, pool="prefork", concurrency=1):
+        # reject_on_worker_lost: the killed execution's message is requeued and runs again
+        marker = str(tmp_path / "died-once")
+        assert app.tasks["t.die_once"].delay(marker).get(timeout=20) == "survived"
+        # default: the loss is recorded as a failure, not dropped
+        with pytest.raises(WorkerLostError):
+            app.tasks["t.die"].delay().get(timeout=20)
+
+
+def test_user_bootsteps_start_and_stop(app: Celeriac) -> None:
+    events: list[str] = []
+
+    class Recorder(StartStopStep):
+        requires = ("celeriac.worker.components:Pool",)
+
+        def create(self, worker: Any) -> Any:
+            class Obj:
+                def start(self) -> None:
+                    events.append("start")
+
+                def stop(self) -> None:
+                    events.append("stop")
+
+            return Obj()
+
+    app.steps["worker"].add(Recorder)
+    with start_worker(app):
+        assert app.tasks["t.add"].delay(1, 1).get(timeout=10) == 2
+    assert events == ["start", "stop"]
+
+
+def test_cyclic_bootsteps_are_a_clear_error(app: Celeriac) -> None:
+    class A(Step):
+        requires = ("tests.integration.test_worker:_B",)
+
+    global _B
+
+    class _B(Step):  # type: ignore[no-redef]
+        requires = (A,)
+
+    app.steps["worker"].add(A)
+    with pytest.raises(ConfigurationError) as info, start_worker(app):
+        pass
+    assert "cycl" in str(info.value).lower()
+
+
+def _inject_fetch_failures(app: Celeriac, count: int) -> tuple[Any, Any, dict[str, int], Any]:
+    from celeriac.messaging.transports import get_transport_cls
+
+    cls = get_transport_cls(app.conf.broker_url)
+    original = cls.fetch
+    failures = {"left": count}
+
+    async def failing_fetch(self: Any, *args: Any, **kwargs: Any) -> Any:
+        if failures["left"] and getattr(self, "_test_worker", False):
+            failures["left"] -= 1
+            raise ConnectionBrokenError("injected: broker went away")
+        return await original(self, *args, **kwargs)
+
+    return cls, original, failures, failing_fetch
+
+
+@pytest.mark.parametrize("max_retries", [100, 0])
+def test_connection_loss_is_survived_and_consuming_resumes(app: Celeriac, max_retries: int) -> None:
+    # Given a worker whose connection gives up after `max_retries` reconnect attempts
+    app.conf.broker_connection_max_retries = max_retries
+    cls, original, failures, failing_fetch = _inject_fetch_failures(app, 1)
+    with start_worker(app) as worker:
+        assert app.tasks["t.add"].delay(1, 1).get(timeout=10) == 2
+        assert worker.consumer is not None and worker.consumer.connection is not None
+        worker.consumer.connection.transport._test_worker = True  # type: ignore[attr-defined]
+        # When the broker connection breaks once
+        cls.fetch = failing_fetch
+        try:
+            # Then tasks keep running
+            assert app.tasks["t.add"].delay(2, 2).get(timeout=20) == 4
+        finally:
+            cls.fetch = original
+        assert failures["left"] == 0
+        # reconnecting in place when retries are allowed; otherwise the consumer
+        # blueprint is restarted and every step attaches to a new connection
+        assert worker.consumer.restarts == (0 if max_retries else 1)
+
+
+def test_apply_runs_eagerly_with_retries(app: Celeriac) -> None:
+    key = uuid.uuid4().hex
+    res = app.tasks["t.flaky"].apply((key, 2))
+    assert res.get() == 2 and res.successful()
+    assert CALLS[key] == [0, 1, 2]
+    app.conf.task_always_eager = True
+    assert app.tasks["t.add"].delay(3, 4).get() == 7
