@@ -204,7 +204,9 @@ async def test_expired_results_read_pending_and_cleanup_deletes_them(
     assert (await backend.get_meta(tid))["status"] == states.SUCCESS
     await asyncio.sleep(0.3)
     assert (await backend.get_meta(tid))["status"] == states.PENDING
-    assert await backend.cleanup() >= 1
+    removed = await backend.cleanup()
+    # A store with native expiry (Redis TTLs) has already deleted the record itself.
+    assert removed == 0 if backend.expires_natively else removed >= 1
     assert await backend.cleanup() == 0
 
 

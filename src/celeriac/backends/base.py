@@ -46,6 +46,9 @@ class Backend(abc.ABC):
     """One result store connection, used from one event loop."""
 
     schemes: ClassVar[tuple[str, ...]] = ()
+    #: True when the store deletes expired results by itself (Redis TTLs), so
+    #: :meth:`cleanup` finds nothing to do.
+    expires_natively: ClassVar[bool] = False
 
     def __init__(
         self,

@@ -107,6 +107,7 @@ class RedisBackend(Backend):
     """Results in Redis, readable and writable by Celery (see the module docstring)."""
 
     schemes = ("redis", "rediss")
+    expires_natively = True
     #: Largest meta, in bytes, Redis will hold; a larger one is stored as a FAILURE.
     max_value_size: int = MAX_VALUE_SIZE
 

@@ -39,6 +39,9 @@ TRANSPORTS: dict[str, str] = {
     "sqlite": "celeriac.messaging.transports.sqlite:SQLiteTransport",
     "redis": "celeriac.messaging.transports.redis:RedisTransport",
     "rediss": "celeriac.messaging.transports.redis:RedisTransport",
+    "unix": "celeriac.messaging.transports.redis:RedisTransport",
+    "redis+socket": "celeriac.messaging.transports.redis:RedisTransport",
+    "sentinel": "celeriac.messaging.transports.redis:RedisTransport",
     "amqp": "celeriac.messaging.transports.amqp:AmqpTransport",
     "amqps": "celeriac.messaging.transports.amqp:AmqpTransport",
 }

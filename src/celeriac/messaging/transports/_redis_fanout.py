@@ -57,6 +57,9 @@ class Subscriber:
         self._task: asyncio.Task[None] | None = None
         self.patterns: set[str] = set()
         self.channels: set[str] = set()
+        #: PING tokens sent by :meth:`sync`, and the futures waiting for their PONG.
+        self._pongs: dict[bytes, asyncio.Future[None]] = {}
+        self._pings = 0
         #: The exception that ended the reader, if it failed.
         self.failure: BaseException | None = None
 
@@ -82,6 +85,26 @@ class Subscriber:
         self.channels.update(new)
         self._start()
         return True
+
+    async def sync(self, timeout: float = 5.0) -> None:
+        """Return once every message published before this call has been handled.
+
+        Redis writes a PUBLISH into each subscriber's stream before it answers the
+        publisher, and answers this connection's PING after whatever it already queued,
+        so the PONG marks a point after every earlier fanout message.
+        """
+        if self._pubsub is None or self._task is None or self._task.done():
+            return
+        self._pings += 1
+        token = b"celeriac-sync-%d" % self._pings
+        future = asyncio.get_running_loop().create_future()
+        self._pongs[token] = future
+        try:
+            await self._pubsub.ping(token)
+            async with asyncio.timeout(timeout):
+                await future
+        finally:
+            self._pongs.pop(token, None)
 
     def _ensure(self) -> PubSub:
         if self._pubsub is None:
@@ -110,10 +133,17 @@ class Subscriber:
                     self._on_fanout(channel, message["data"])
                 elif kind == "message":
                     self._on_ready(channel)
+                elif kind == "pong":
+                    future = self._pongs.pop(message["data"], None)
+                    if future is not None and not future.done():
+                        future.set_result(None)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
             self.failure = exc
+            for future in self._pongs.values():
+                if not future.done():
+                    future.set_exception(exc)
             self._on_failure(exc)
 
     async def stop(self) -> None:

@@ -110,7 +110,9 @@ def parse_url(url: str) -> Endpoint:
         password = unquote(parts.password) if parts.password is not None else None
         port = parts.port
     except ValueError as exc:
-        raise ConfigurationError(f"malformed Redis URL {_safe(url)!r}: {exc}", "broker_url") from None
+        raise ConfigurationError(
+            f"malformed Redis URL {_safe(url)!r}: {exc}", "broker_url"
+        ) from None
     if username:
         kwargs["username"] = username
     if password is not None:
@@ -178,7 +180,8 @@ def topic_pattern(binding_key: str) -> str:
     """The regex kombu 5.7 stores for a topic binding (kombu publishers ``re.match`` it)."""
     escaped = "".join(c if c.isalnum() or c in ".#*" else "\\" + c for c in binding_key)
     wildcards = {"*": r"[^\.]+", "#": ".*?"}
-    return "^%s$" % r"\.".join(wildcards.get(w, w) for w in escaped.split("."))
+    body = r"\.".join(wildcards.get(w, w) for w in escaped.split("."))
+    return f"^{body}$"
 
 
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")

@@ -110,6 +110,9 @@ class Transport(abc.ABC):
     supports_delayed_delivery: ClassVar[bool] = False
     #: Default polling interval (s) for transports that must poll.
     polling_interval: ClassVar[float] = 0.0
+    #: True where the broker serves lower priority numbers first (Celery on Redis);
+    #: otherwise higher numbers go first, as on RabbitMQ.
+    lower_priority_first: ClassVar[bool] = False
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url

@@ -1,0 +1,749 @@
+"""``redis://``: kombu's Redis layout, with claims that cannot be lost or torn.
+
+Celery peers read and write the same keys (spec ``celery-wire.md`` section 2): a queue is
+the list ``<queue>`` plus one list per priority step, bindings live in
+``_kombu.binding.<exchange>``, claimed messages are recorded in ``unacked`` /
+``unacked_index``, and fanout exchanges travel over PUB/SUB. What celeriac adds, in Lua
+scripts (:mod:`._redis_scripts`) so no step can be half done:
+
+* a fetch claims a whole batch across queues and records every claim as unacked in one
+  atomic call, judged by Redis's clock, and counts the delivery;
+* every claim carries a token; an ack, extend or requeue from a holder that lost its lease
+  is ignored instead of removing the newer holder's record;
+* unacked messages past their lease are restored under kombu's ``unacked_mutex``; a live
+  holder pushes its leases ahead with :meth:`RedisTransport.extend`;
+* delayed messages (``not_before``) wait in a sorted set and move to their queue when due,
+  so an ETA task is not held in a worker's memory;
+* publishers ring a doorbell channel when a queue's list stops being empty, so a waiting
+  fetch wakes at once; Celery publishers don't ring, and their messages are found by a
+  poll every ``polling_interval`` (0.1 s).
+
+Priorities follow kombu on Redis: a message goes to the list of the largest step
+(``priority_steps``, default 0, 3, 6, 9) not above its priority, and **lower steps are
+served first** (priority 0 is the most urgent, the opposite of RabbitMQ), so celeriac and
+Celery order a shared queue the same way.
+
+Fanout: messages on a fanout exchange reach only transports subscribed at the time, as
+with kombu. A queue bound to one is subscribed when declared, and its messages wait in a
+bounded local buffer (``fanout_buffer_limit``). A binding key with ``*`` or ``#`` filters
+by routing key with topic rules (kombu's fanout patterns, which Celery's event receivers
+use); any other binding receives every message of the exchange.
+
+Options (``broker_transport_options``): see :mod:`._redis_options`. The layout is for one
+Redis server or a Sentinel-managed master, not Redis Cluster (as kombu's).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any, ClassVar
+
+import orjson
+from redis import asyncio as aioredis
+from redis import exceptions as redis_errors
+from redis.asyncio.sentinel import Sentinel
+
+from ...exceptions import (
+    BrokerConnectionError,
+    CeleriacError,
+    ConfigurationError,
+    ConnectionBrokenError,
+    ConnectionClosedError,
+)
+from ..entities import Exchange, Queue, topic_matches
+from ..message import Message
+from . import _redis_scripts as scripts
+from ._redis_fanout import FanoutBuffer, Subscriber
+from ._redis_layout import (
+    Layout,
+    decode_envelope,
+    encode_envelope,
+    mark_redelivered,
+    parse_url,
+    topic_pattern,
+)
+from ._redis_options import RedisTransportOptions
+from .base import QUARANTINE_QUEUE, ExchangeNotFound, Outgoing, Transport, mask_url
+from .memory import _check_fetch, check_outgoing, message_priority
+
+__all__ = ["RedisTransport"]
+
+logger = logging.getLogger("celeriac.messaging.redis")
+
+#: Messages per publish script call: bounds how long one call holds Redis.
+PUBLISH_CHUNK = 500
+
+#: redis-py failures that mean the connection broke (reconnecting may help).
+_BROKEN = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.ReadOnlyError,
+    OSError,
+)
+
+
+class _Claim:
+    """The receipt of one claimed list message: what fences and requeues it."""
+
+    __slots__ = ("queue", "raw", "step", "tag", "token")
+
+    def __init__(self, tag: str, token: str, queue: str, step: int, raw: bytes) -> None:
+        self.tag = tag
+        self.token = token
+        self.queue = queue
+        self.step = step
+        self.raw = raw
+
+
+class _FanoutReceipt:
+    """The receipt of a fanout message: it lives only in this process's buffer."""
+
+    __slots__ = ("count", "queue", "raw")
+
+    def __init__(self, queue: str, raw: bytes, count: int) -> None:
+        self.queue = queue
+        self.raw = raw
+        self.count = count
+
+
+class RedisTransport(Transport):
+    """The Redis transport (see the module docstring for its rules)."""
+
+    schemes: ClassVar[tuple[str, ...]] = ("redis", "rediss", "unix", "redis+socket", "sentinel")
+    supports_delayed_delivery: ClassVar[bool] = True
+    #: Lower priority numbers are served first, as kombu does on Redis.
+    lower_priority_first: ClassVar[bool] = True
+
+    def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
+        super().__init__(url, options)
+        self._where = mask_url(url)
+        self.settings = RedisTransportOptions.parse(self.options)
+        self.visibility_timeout = self.settings.visibility_timeout
+        self.endpoint = parse_url(url)
+        if self.endpoint.sentinels and not self.settings.master_name:
+            raise ConfigurationError(
+                "a sentinel:// broker URL needs the master's name: set "
+                "broker_transport_options={'master_name': 'mymaster'}",
+                key="master_name",
+            )
+        s = self.settings
+        self.layout = Layout(
+            s.global_keyprefix,
+            s.sep,
+            s.priority_steps,
+            self.endpoint.db,
+            s.fanout_prefix,
+            s.unacked_key,
+            s.unacked_index_key,
+            s.unacked_mutex_key,
+        )
+        self._unacked_keys = [
+            self.layout.unacked,
+            self.layout.unacked_index,
+            self.layout.lease,
+        ]
+        self._common = [self.layout.prefix, self.layout.sep, self.layout.steps_arg]
+        self._client: aioredis.Redis | None = None
+        self._subscriber: Subscriber | None = None
+        self._scripts: dict[str, Any] = {}
+        self._pid = os.getpid()
+        self._rotation = 0
+        self._next_restore = 0.0
+        self._bell: asyncio.Event | None = None
+        #: Exchange name -> type, as declared here or found in ``_celeriac.exchanges``.
+        self._exchanges: dict[str, str] = {}
+        #: Local queues bound to fanout exchanges, and their buffers.
+        self._fanout: dict[str, FanoutBuffer] = {}
+        #: Fanout exchange -> ``[(binding key, queue)]`` of local queues.
+        self._fanout_routes: dict[str, list[tuple[str, str]]] = {}
+
+    # -- lifecycle ---------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        """Connect, check the server answers, and load the scripts.
+
+        Raises:
+            ConnectionBrokenError: Redis cannot be reached.
+            ConfigurationError: Redis refused the credentials.
+        """
+        if self.is_connected:
+            return
+        if self._client is not None:  # a broken or inherited connection: start afresh
+            await self._drop()
+        self._pid = os.getpid()
+        client = self._new_client()
+        try:
+            with self._map_errors():
+                await client.ping()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+            raise
+        self._client = client
+        self._scripts = {
+            name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
+        }
+        self._bell = asyncio.Event()
+        self._subscriber = Subscriber(client, self._on_fanout, self._on_ready, self._on_failure)
+        self._next_restore = 0.0
+        patterns = [p for ex in self._fanout_routes for p in self.layout.fanout_patterns(ex)]
+        if patterns:  # reconnected: listen again to what local queues are bound to
+            with self._map_errors():
+                await self._subscriber.psubscribe(*patterns)
+
+    def _new_client(self) -> aioredis.Redis:
+        kwargs = {**self.endpoint.kwargs, **self.settings.client}
+        if self.endpoint.sentinels:
+            kwargs.pop("db", None)
+            sentinel = Sentinel(
+                list(self.endpoint.sentinels),
+                sentinel_kwargs=self.settings.sentinel_kwargs or None,
+                **{k: v for k, v in kwargs.items() if k != "max_connections"},
+            )
+            assert self.settings.master_name is not None
+            return sentinel.master_for(self.settings.master_name, db=self.endpoint.db)
+        max_connections = kwargs.pop("max_connections")
+        unix = kwargs.pop("unix_socket_path", None)
+        if unix is not None:
+            kwargs["connection_class"] = aioredis.UnixDomainSocketConnection
+            kwargs["path"] = unix
+        elif kwargs.pop("ssl", False):
+            kwargs["connection_class"] = aioredis.SSLConnection
+        pool = aioredis.BlockingConnectionPool(
+            max_connections=max_connections, timeout=None, **kwargs
+        )
+        return aioredis.Redis(connection_pool=pool)
+
+    async def close(self) -> None:
+        """Close the connections. Claims stay under their leases (a reconnect settles them)."""
+        await self._drop()
+        self._fanout_routes.clear()
+        self._fanout.clear()
+
+    async def _drop(self) -> None:
+        subscriber, self._subscriber = self._subscriber, None
+        client, self._client = self._client, None
+        bell, self._bell = self._bell, None
+        if bell is not None:
+            bell.set()  # waiting fetches notice the close
+        if subscriber is not None:
+            await subscriber.stop()
+        if client is not None:
+            with contextlib.suppress(Exception):
+                await client.aclose()
+            with contextlib.suppress(Exception):
+                await client.connection_pool.disconnect()
+
+    @property
+    def is_connected(self) -> bool:
+        return (
+            self._client is not None
+            and (self._subscriber is None or self._subscriber.failure is None)
+            and self._pid == os.getpid()
+        )
+
+    def _require(self) -> aioredis.Redis:
+        client = self._client
+        if client is None:
+            raise ConnectionClosedError(f"{self!r} is not connected (call connect() first)")
+        if self._pid != os.getpid():
+            raise ConnectionBrokenError(
+                f"{self!r} was opened by process {self._pid}; a forked child must reconnect"
+            )
+        subscriber = self._subscriber
+        if subscriber is not None and subscriber.failure is not None:
+            raise ConnectionBrokenError(
+                f"broker {self._where}: subscription lost: {subscriber.failure}"
+            )
+        return client
+
+    @contextlib.contextmanager
+    def _map_errors(self) -> Iterator[None]:
+        """Turn redis-py's exceptions into celeriac's at the transport boundary."""
+        try:
+            yield
+        except CeleriacError:
+            raise
+        except redis_errors.AuthenticationError as exc:
+            raise ConfigurationError(
+                f"broker {self._where} refused the credentials: {exc}", key="broker_url"
+            ) from exc
+        except _BROKEN as exc:
+            raise ConnectionBrokenError(f"broker {self._where}: {exc}") from exc
+        except redis_errors.RedisError as exc:
+            raise BrokerConnectionError(f"broker {self._where} refused a command: {exc}") from exc
+
+    async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        client = self._require()
+        with self._map_errors():
+            return await self._scripts[name](keys=keys, args=args, client=client)
+
+    # -- pub/sub callbacks (on this loop) -------------------------------------------------
+
+    def _ring(self) -> None:
+        bell = self._bell
+        if bell is not None:
+            self._bell = asyncio.Event()
+            bell.set()
+
+    def _on_ready(self, channel: str) -> None:
+        self._ring()
+
+    def _on_failure(self, exc: BaseException) -> None:
+        logger.warning("broker %s: subscription connection lost: %s", self._where, exc)
+        self._ring()
+
+    def _on_fanout(self, channel: str, data: bytes) -> None:
+        parsed = self.layout.parse_channel(channel)
+        if parsed is None:
+            return
+        exchange, routing_key = parsed
+        delivered = False
+        for key, queue in self._fanout_routes.get(exchange, ()):
+            if _fanout_accepts(key, routing_key):
+                buffer = self._fanout.get(queue)
+                if buffer is not None:
+                    buffer.push(data)
+                    delivered = True
+        if delivered:
+            self._ring()
+
+    # -- topology ----------------------------------------------------------------------
+
+    async def declare_exchange(self, exchange: Exchange) -> None:
+        client = self._require()
+        if not exchange.name:
+            return
+        known = self._exchanges.get(exchange.name)
+        if known is None:
+            with self._map_errors():
+                raw = await client.hget(self.layout.exchanges, exchange.name)
+            known = raw.decode() if raw is not None else None
+        if known is not None and known != exchange.type:
+            raise ConfigurationError(
+                f"exchange {exchange.name!r} is already declared as {known!r}; "
+                f"cannot redeclare it as {exchange.type!r}",
+                key=exchange.name,
+            )
+        if known is None:
+            with self._map_errors():
+                await client.hset(self.layout.exchanges, exchange.name, exchange.type)
+        self._exchanges[exchange.name] = exchange.type
+
+    async def _exchange_types(self, names: set[str]) -> dict[str, str]:
+        """The type of every named exchange; kombu-declared ones are direct, as kombu has it.
+
+        Raises:
+            ExchangeNotFound: nobody declared one of them.
+        """
+        found = {n: self._exchanges[n] for n in names if n in self._exchanges}
+        missing = sorted(names - found.keys())
+        if missing:
+            client = self._require()
+            with self._map_errors():
+                types = await client.hmget(self.layout.exchanges, missing)
+            for name, kind in zip(missing, types, strict=True):
+                if kind is not None:
+                    found[name] = self._exchanges[name] = kind.decode()
+            for name in missing:
+                if name in found:
+                    continue
+                with self._map_errors():
+                    bound = await client.exists(self.layout.binding_key(name))
+                if not bound:
+                    raise ExchangeNotFound(name, list(self._exchanges))
+                # A kombu peer bound queues to it: kombu routes undeclared exchanges as direct.
+                found[name] = "direct"
+        return found
+
+    async def declare_queue(self, queue: Queue) -> None:
+        exchange = queue.effective_exchange
+        if exchange.name:
+            await self.declare_exchange(exchange)
+        bindings = queue.all_bindings()
+        types = await self._exchange_types({b.exchange for b in bindings})
+        members = []
+        for binding in bindings:
+            kind = types[binding.exchange]
+            pattern = topic_pattern(binding.routing_key) if kind == "topic" else ""
+            members.append(
+                [
+                    binding.exchange,
+                    self.layout.binding_member(binding.routing_key, pattern, binding.queue),
+                ]
+            )
+        expires_ms = _ms(queue.expires)
+        await self._script(
+            "DECLARE_QUEUE",
+            [],
+            [
+                *self._common,
+                queue.name,
+                expires_ms,
+                _ms(queue.message_ttl),
+                orjson.dumps(members),
+                max(2 * int(expires_ms or 0), 3_600_000),
+            ],
+        )
+        fanout = [b for b in bindings if types[b.exchange] == "fanout"]
+        if fanout:
+            await self._subscribe_fanout(queue.name, [(b.exchange, b.routing_key) for b in fanout])
+
+    async def _subscribe_fanout(self, queue: str, bindings: list[tuple[str, str]]) -> None:
+        if queue not in self._fanout:
+            self._fanout[queue] = FanoutBuffer(queue, self.settings.fanout_buffer_limit)
+        patterns: list[str] = []
+        for exchange, key in bindings:
+            routes = self._fanout_routes.setdefault(exchange, [])
+            if (key, queue) not in routes:
+                routes.append((key, queue))
+            patterns.extend(self.layout.fanout_patterns(exchange))
+        assert self._subscriber is not None
+        with self._map_errors():
+            await self._subscriber.psubscribe(*patterns)
+
+    async def delete_queue(self, name: str) -> None:
+        await self._script("DELETE_QUEUE", [], [*self._common, name])
+        self._fanout.pop(name, None)
+        for routes in self._fanout_routes.values():
+            routes[:] = [r for r in routes if r[1] != name]
+
+    # -- publishing --------------------------------------------------------------------
+
+    async def publish(self, batch: Sequence[Outgoing]) -> None:
+        self._require()
+        if not batch:
+            return
+        for out in batch:
+            check_outgoing(out)
+        types = await self._exchange_types({o.exchange for o in batch if o.exchange})
+        layout = self.layout
+        args: list[Any] = []
+        for out in batch:
+            message = out.message
+            priority = message_priority(message)
+            tag = message.delivery_tag or uuid.uuid4().hex
+            kind = types[out.exchange] if out.exchange else "default"
+            if kind == "headers":
+                kind = "direct"
+            try:
+                envelope = encode_envelope(message, out.exchange, out.routing_key, tag, priority)
+            except TypeError as exc:
+                raise TypeError(f"{message!r}: {exc}") from None
+            channel = ""
+            if kind == "fanout":
+                rk = out.routing_key if self.settings.fanout_patterns else ""
+                channel = layout.fanout_channel(out.exchange, rk)
+            not_before = "" if out.not_before is None else repr(float(out.not_before))
+            args.append(
+                (kind, out.exchange, out.routing_key, tag, layout.step(priority), not_before,
+                 envelope, channel)
+            )  # fmt: skip
+        client = self._require()
+        script = self._scripts["PUBLISH"]
+        head = [*self._common, layout.ready_prefix]
+        with self._map_errors():
+            if len(args) <= PUBLISH_CHUNK:
+                await script(keys=[], args=[*head, len(args), *_flat(args)], client=client)
+                return
+            async with client.pipeline(transaction=False) as pipe:
+                for start in range(0, len(args), PUBLISH_CHUNK):
+                    chunk = args[start : start + PUBLISH_CHUNK]
+                    await script(keys=[], args=[*head, len(chunk), *_flat(chunk)], client=pipe)
+                await pipe.execute()
+
+    # -- fetching ----------------------------------------------------------------------
+
+    async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Message]:
+        _check_fetch(queues, limit)
+        self._require()
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(timeout, 0.0)
+        subscriber = self._subscriber
+        assert subscriber is not None
+        with self._map_errors():
+            await subscriber.subscribe(*(self.layout.ready_prefix + q for q in queues))
+        names = list(queues)
+        while True:
+            bell = self._bell
+            if bell is None:
+                raise ConnectionClosedError(f"{self!r} was closed while fetching")
+            await self._maybe_restore()
+            out = self._take_fanout(names, limit)
+            due: float | None = None
+            if len(out) < limit:
+                claimed, due = await self._claim(names, limit - len(out))
+                out.extend(claimed)
+            if out:
+                return out
+            now = loop.time()
+            remaining = deadline - now
+            if remaining <= 0:
+                return out
+            wait = min(remaining, self.settings.polling_interval, self._next_restore - now)
+            if due is not None:
+                wait = min(wait, due)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(max(wait, 0.001)):
+                    await bell.wait()
+            self._require()  # closed or broken while waiting: say so
+
+    def _order(self, names: list[str]) -> list[str]:
+        strategy = self.settings.queue_order_strategy
+        if strategy == "sorted":
+            return sorted(names)
+        if strategy == "priority" or len(names) == 1:
+            return names
+        start = self._rotation % len(names)
+        self._rotation += 1
+        return names[start:] + names[:start]
+
+    async def _claim(self, names: list[str], limit: int) -> tuple[list[Message], float | None]:
+        order = self._order(names)
+        settings = self.settings
+        reply = await self._script(
+            "CLAIM",
+            self._unacked_keys,
+            [
+                *self._common,
+                limit,
+                repr(self.visibility_timeout),
+                int(settings.delivery_record_ttl),
+                len(order),
+                *order,
+            ],
+        )
+        next_due = float(reply[0]) if reply[0] else None
+        if reply[1]:
+            logger.info("dropped %d message(s) that outlived their queue's message_ttl", reply[1])
+        messages = []
+        step_of = self.layout.step
+        for i in range(2, len(reply), 3):
+            queue = reply[i].decode()
+            token = str(reply[i + 1])
+            raw = reply[i + 2]
+            message = decode_envelope(raw, queue, int(reply[i + 1]), None)
+            tag = message.delivery_tag or ""
+            message.receipt = _Claim(tag, token, queue, step_of(_priority_of(message)), raw)
+            messages.append(message)
+        return messages, next_due
+
+    def _take_fanout(self, names: list[str], limit: int) -> list[Message]:
+        out: list[Message] = []
+        for name in names:
+            buffer = self._fanout.get(name)
+            if buffer is None or not buffer:
+                continue
+            for raw, count in buffer.take(limit - len(out)):
+                message = decode_envelope(raw, name, count, None)
+                message.receipt = _FanoutReceipt(name, raw, count)
+                out.append(message)
+            if len(out) >= limit:
+                break
+        return out
+
+    # -- settling ----------------------------------------------------------------------
+
+    async def ack(self, messages: Sequence[Message]) -> None:
+        claims = [c for c in _receipts(self, messages) if isinstance(c, _Claim)]
+        if claims:
+            args = [self.layout.prefix]
+            for c in claims:
+                args += [c.tag, c.token]
+            await self._script("ACK", self._unacked_keys, args)
+
+    async def reject(self, messages: Sequence[Message], requeue: bool) -> None:
+        receipts = _receipts(self, messages)
+        if not requeue:
+            await self.ack(messages)
+            return
+        claims: list[_Claim] = []
+        for receipt in receipts:
+            if isinstance(receipt, _FanoutReceipt):
+                buffer = self._fanout.get(receipt.queue)
+                if buffer is not None:
+                    buffer.push(receipt.raw, front=True, count=receipt.count + 1)
+                    self._ring()
+            else:
+                claims.append(receipt)
+        if claims:
+            args: list[Any] = [self.layout.prefix, self.layout.ready_prefix]
+            for c in claims:
+                args += [c.tag, c.token, self.layout.list_key(c.queue, c.step), c.queue, c.raw]
+            await self._script("REQUEUE", self._unacked_keys, args)
+
+    async def extend(self, messages: Sequence[Message], seconds: float | None = None) -> None:
+        claims = [c for c in _receipts(self, messages) if isinstance(c, _Claim)]
+        if not claims:
+            return
+        secs = self.visibility_timeout if seconds is None else float(seconds)
+        args: list[Any] = [
+            self.layout.prefix,
+            repr(secs),
+            repr(self.visibility_timeout),
+            int(self.settings.delivery_record_ttl),
+        ]
+        for c in claims:
+            args += [c.tag, c.token]
+        await self._script("EXTEND", self._unacked_keys, args)
+
+    # -- restoring lost claims -----------------------------------------------------------
+
+    async def _maybe_restore(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if now < self._next_restore:
+            return
+        self._next_restore = now + self.settings.restore_interval
+        await self.restore_unacked()
+
+    async def restore_unacked(self) -> int:
+        """Return every claim whose lease passed (and kombu claims past the visibility
+        timeout) to the front of its queue; return how many. Runs under kombu's
+        ``unacked_mutex``, so one process restores at a time, Celery workers included.
+        """
+        layout = self.layout
+        keys = [*self._unacked_keys, layout.unacked_mutex]
+        token = uuid.uuid4().hex
+        due = await self._script(
+            "RESTORE_SCAN",
+            keys,
+            [
+                *self._common,
+                repr(self.visibility_timeout),
+                self.settings.unacked_restore_limit,
+                token,
+                int(self.settings.unacked_mutex_expire * 1000),
+            ],
+        )
+        if not due:
+            return 0
+        try:
+            args: list[Any] = [layout.prefix, layout.ready_prefix, token]
+            for i in range(0, len(due), 3):
+                tag, score, entry = due[i].decode(), due[i + 1], due[i + 2]
+                envelope, targets = await self._restore_targets(tag, entry)
+                args += [tag, score, envelope, len(targets)]
+                for list_key, queue in targets:
+                    args += [list_key, queue]
+            restored = int(await self._script("RESTORE", keys, args))
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self._script("RELEASE_MUTEX", [layout.unacked_mutex], [token])
+            raise
+        if restored:
+            logger.warning(
+                "restored %d unacknowledged message(s) whose holder's lease passed", restored
+            )
+        return restored
+
+    async def _restore_targets(self, tag: str, entry: bytes) -> tuple[Any, list[tuple[str, str]]]:
+        """Where an unacked entry goes back to, as kombu resolves it."""
+        layout = self.layout
+        try:
+            envelope, exchange, routing_key, priority, _ = mark_redelivered(entry)
+        except ValueError as exc:
+            logger.error("unacked entry %s is unreadable (%s): quarantined", tag, exc)
+            return entry, [(layout.list_key(QUARANTINE_QUEUE), QUARANTINE_QUEUE)]
+        step = layout.step(priority)
+        if not exchange:
+            return envelope, [(layout.list_key(routing_key, step), routing_key)]
+        client = self._require()
+        with self._map_errors():
+            members = await client.smembers(layout.binding_key(exchange))
+        kind = self._exchanges.get(exchange, "direct")
+        queues: dict[str, None] = {}
+        for raw in members:
+            parsed = layout.parse_member(raw.decode("utf-8", "replace"))
+            if parsed is None:
+                continue
+            key, pattern, queue = parsed
+            if kind == "fanout" or (
+                topic_matches(key, routing_key)
+                if (pattern or kind == "topic")
+                else key == routing_key
+            ):
+                queues[queue] = None
+        if not queues:
+            logger.error(
+                "unacked message %s routes nowhere any more (exchange %r, routing key %r): "
+                "quarantined",
+                tag,
+                exchange,
+                routing_key,
+            )
+            queues[QUARANTINE_QUEUE] = None
+        return envelope, [(layout.list_key(q, step), q) for q in queues]
+
+    # -- queue state -------------------------------------------------------------------
+
+    async def purge(self, queue: str) -> int:
+        client = self._require()
+        keys = [*self.layout.list_keys(queue), self.layout.delayed_key(queue)]
+        with self._map_errors():
+            async with client.pipeline(transaction=True) as pipe:
+                for key in keys[:-1]:
+                    pipe.llen(key)
+                pipe.zcard(keys[-1])
+                pipe.delete(*keys, self.layout.ttl_key(queue))
+                counts = await pipe.execute()
+        buffered = 0
+        buffer = self._fanout.get(queue)
+        if buffer is not None:
+            buffered = len(buffer)
+            buffer.items.clear()
+        return sum(counts[:-1]) + buffered
+
+    async def queue_length(self, queue: str) -> int:
+        client = self._require()
+        buffer = self._fanout.get(queue)
+        if buffer is not None and self._subscriber is not None:
+            with self._map_errors():
+                await self._subscriber.sync()
+        with self._map_errors():
+            async with client.pipeline(transaction=False) as pipe:
+                for key in self.layout.list_keys(queue):
+                    pipe.llen(key)
+                pipe.zcard(self.layout.delayed_key(queue))
+                counts = await pipe.execute()
+        return sum(counts) + (len(buffer) if buffer is not None else 0)
+
+
+def _fanout_accepts(binding_key: str, routing_key: str) -> bool:
+    """kombu's fanout patterns: a wildcard binding filters, any other takes everything."""
+    if "*" in binding_key or "#" in binding_key:
+        return topic_matches(binding_key, routing_key)
+    return True
+
+
+def _priority_of(message: Message) -> int:
+    try:
+        return int(message.properties.get("priority") or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _ms(seconds: float | None) -> str:
+    return "" if seconds is None else str(max(1, round(seconds * 1000)))
+
+
+def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
+    return [value for row in rows for value in row]
+
+
+def _receipts(transport: RedisTransport, messages: Sequence[Message]) -> list[Any]:
+    out = []
+    for m in messages:
+        receipt = m.receipt
+        if not isinstance(receipt, _Claim | _FanoutReceipt):
+            raise ValueError(
+                f"{m!r} was not delivered by a redis:// transport (receipt {receipt!r}); "
+                "only fetched messages can be settled or extended"
+            )
+        out.append(receipt)
+    transport._require()
+    return out
