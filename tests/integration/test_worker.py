@@ -20,12 +20,15 @@ from celeriac import Celeriac, states
 from celeriac.exceptions import (
     ConfigurationError,
     ConnectionBrokenError,
+    ContentDisallowed,
+    DecodeError,
     NotRegistered,
     SoftTimeLimitExceeded,
     TaskRevokedError,
     TimeLimitExceeded,
     WorkerLostError,
 )
+from celeriac.messaging.message import Message
 from celeriac.messaging.transports.base import QUARANTINE_QUEUE
 from celeriac.testing import start_worker
 from celeriac.utils import portal
@@ -245,12 +248,31 @@ def test_unknown_task_fails_and_is_quarantined(app: Celeriac) -> None:
 def test_disallowed_content_is_quarantined_not_run(app: Celeriac) -> None:
     # Given a worker that accepts only JSON, when a pickled message arrives
     with start_worker(app):
-        app.tasks["t.add"].apply_async((1, 2), serializer="pickle")
-        deadline = time.time() + 10
-        while queue_length(app, QUARANTINE_QUEUE) < 1 and time.time() < deadline:
-            time.sleep(0.05)
-    # Then it is quarantined with its bytes, not executed
+        res = app.tasks["t.add"].apply_async((1, 2), serializer="pickle")
+        # Then it is not executed: its result says the content was refused
+        with pytest.raises(ContentDisallowed):
+            res.get(timeout=10)
+    # And it is quarantined with its bytes
     assert queue_length(app, QUARANTINE_QUEUE) == 1
+
+
+def test_undecodable_body_is_quarantined_and_its_result_records_why(app: Celeriac) -> None:
+    # Given a worker, when a message for a known task arrives whose JSON body is garbage
+    async def publish_garbage() -> None:
+        producer = await app.get_producer()
+        message = Message(b"\xff\x00not json", {"task": "t.add", "id": "garbled"}, {})
+        await producer.publish(message, "", "celery", declare=(app.router.queue("celery"),))
+
+    with start_worker(app):
+        portal.run(publish_garbage())
+        # Then the client sees why instead of waiting on PENDING for ever
+        with pytest.raises(DecodeError, match="cannot decode"):
+            app.AsyncResult("garbled").get(timeout=10)
+        # And good tasks keep running
+        assert app.tasks["t.add"].delay(1, 2).get(timeout=10) == 3
+    # And the original bytes are kept in the quarantine queue, not dropped
+    assert queue_length(app, QUARANTINE_QUEUE) == 1
+    assert queue_length(app, "celery") == 0
 
 
 def test_soft_time_limit_raises_inside_the_task(app: Celeriac) -> None:

@@ -252,6 +252,10 @@ class Consumer:
             len(message.body),
             QUARANTINE_QUEUE,
         )
+        task_id = message.headers.get("id")
+        if isinstance(task_id, str) and task_id:
+            # The sender waits on this id: tell it why, rather than leave it PENDING.
+            self.results.add((task_id, make_meta(task_id, states.FAILURE, exc)))
         self.quarantine(message, f"{kind}: {exc}")
 
     def quarantine(self, message: Message, reason: str) -> None:
