@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-import celeriac.cli.main  # noqa: F401 - first: importing cli.worker alone is a circular import
 from celeriac import Celeriac
 from celeriac.cli.worker import banner
 
@@ -104,6 +103,16 @@ def test_banner_masks_the_broker_password_and_lists_tasks() -> None:
     assert "results.example" in text
     assert "bannerapp.hello" in text
     assert "concurrency: 3 (threads)" in text
+
+
+@pytest.mark.parametrize("module", ["celeriac.cli.worker", "celeriac.cli.tasks"])
+def test_each_cli_module_imports_on_its_own(module: str) -> None:
+    # Given a fresh interpreter, when a subcommand module is imported first
+    proc = subprocess.run(
+        [sys.executable, "-c", f"import {module}"], capture_output=True, text=True, timeout=30
+    )
+    # Then it imports (no circular import with celeriac.cli.main)
+    assert proc.returncode == 0, proc.stderr
 
 
 def test_unknown_app_module_is_a_clear_error(e2e: E2E) -> None:
