@@ -1,0 +1,275 @@
+"""What only the Redis transport promises: kombu's keys, credentials, databases, unix
+sockets, Sentinel, delayed messages kept in Redis, and surviving a Redis restart."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from celeriac.exceptions import ConfigurationError, ConnectionBrokenError
+from celeriac.messaging import Connection, Consumer, Exchange, Message, Queue
+from celeriac.messaging.transports.base import Outgoing
+
+from .conftest import require_transport
+from .redis_servers import RedisServer, SentinelServer
+
+pytestmark = pytest.mark.redis
+
+redis = pytest.importorskip("redis")
+from celeriac.messaging.transports.redis import RedisTransport  # noqa: E402
+
+T = TypeVar("T")
+SEP = "\x06\x16"
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    return asyncio.run(coro)
+
+
+@pytest.fixture
+def shared() -> Iterator[tuple[str, str, Any]]:
+    """The shared Redis (db 15), a key prefix unique to this test, and a raw client."""
+    require_transport("redis")
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    raw = redis.Redis(host="127.0.0.1", port=6379, db=15)
+    yield "redis://127.0.0.1:6379/15", prefix, raw
+    keys = list(raw.scan_iter(match=f"{prefix}*", count=1000))
+    if keys:
+        raw.delete(*keys)
+    raw.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def message(body: bytes, **properties: Any) -> Message:
+    return Message(body, {"id": body.decode()}, dict(properties), "application/json", "utf-8")
+
+
+async def opened(url: str, **options: Any) -> RedisTransport:
+    transport = RedisTransport(url, options)
+    await transport.connect()
+    return transport
+
+
+def test_keys_and_entries_are_kombus(shared: tuple[str, str, Any]) -> None:
+    url, prefix, raw = shared
+
+    async def main() -> None:
+        t = await opened(url, global_keyprefix=prefix)
+        try:
+            await t.declare_queue(Queue("jobs", Exchange("jobs"), "jobs"))
+            await t.publish(
+                [
+                    Outgoing(message(b"1"), "jobs", "jobs"),
+                    Outgoing(message(b"2", priority=5), "jobs", "jobs"),
+                ]
+            )
+            # Lists and the binding are where a Celery peer looks for them
+            assert raw.llen(f"{prefix}jobs") == 1
+            assert raw.llen(f"{prefix}jobs{SEP}3") == 1
+            members = raw.smembers(f"{prefix}_kombu.binding.jobs")
+            assert members == {f"jobs{SEP}{SEP}jobs".encode()}
+            envelope = json.loads(raw.lindex(f"{prefix}jobs", 0))
+            assert envelope["properties"]["body_encoding"] == "base64"
+            assert envelope["properties"]["delivery_info"] == {
+                "exchange": "jobs",
+                "routing_key": "jobs",
+            }
+            assert envelope["content-type"] == "application/json"
+            # A claim is recorded as kombu records it: [envelope, exchange, routing key]
+            (got,) = await t.fetch(["jobs"], 1, 1.0)
+            tag = got.delivery_tag
+            entry = json.loads(raw.hget(f"{prefix}unacked", tag))
+            assert entry[0]["properties"]["delivery_tag"] == tag and entry[2] == "jobs"
+            assert raw.zscore(f"{prefix}unacked_index", tag) is not None
+            await t.ack([got])
+            assert raw.hget(f"{prefix}unacked", tag) is None
+            assert raw.zscore(f"{prefix}unacked_index", tag) is None
+        finally:
+            await t.close()
+
+    run(main())
+
+
+def test_delayed_messages_wait_in_redis_not_in_memory(shared: tuple[str, str, Any]) -> None:
+    url, prefix, raw = shared
+
+    async def main() -> None:
+        t = await opened(url, global_keyprefix=prefix)
+        await t.publish([Outgoing(message(b"later"), "", "q", time.time() + 0.5)])
+        await t.close()
+        # Given no process holds it, the message is in Redis's delayed set
+        assert raw.zcard(f"{prefix}_celeriac.delayed.q") == 1
+        assert raw.llen(f"{prefix}q") == 0
+        # Then a transport that starts later receives it once due
+        t = await opened(url, global_keyprefix=prefix)
+        try:
+            assert await t.fetch(["q"], 1, 0.1) == []
+            (got,) = await t.fetch(["q"], 1, 2.0)
+            assert got.body == b"later"
+        finally:
+            await t.close()
+
+    run(main())
+
+
+def test_acl_user_and_password(shared: tuple[str, str, Any]) -> None:
+    _, prefix, raw = shared
+    user, password = f"u{uuid.uuid4().hex[:8]}", "s3cret-pw"
+    raw.acl_setuser(
+        user, enabled=True, passwords=[f"+{password}"], keys=["*"], channels=["*"],
+        commands=["+@all"],
+    )  # fmt: skip
+
+    async def main() -> None:
+        good = f"redis://{user}:{password}@127.0.0.1:6379/15"
+        t = await opened(good, global_keyprefix=prefix)
+        try:
+            await t.publish([Outgoing(message(b"x"), "", "q")])
+            assert [m.body for m in await t.fetch(["q"], 1, 1.0)] == [b"x"]
+            assert password not in repr(t)
+        finally:
+            await t.close()
+        bad = RedisTransport(f"redis://{user}:wrong@127.0.0.1:6379/15", {})
+        with pytest.raises(ConfigurationError, match="refused the credentials") as info:
+            await bad.connect()
+        assert "wrong" not in str(info.value)
+
+    try:
+        run(main())
+    finally:
+        raw.acl_deluser(user)
+
+
+def test_database_numbers_keep_queues_apart(shared: tuple[str, str, Any]) -> None:
+    _, prefix, _ = shared
+
+    async def main() -> None:
+        a = await opened("redis://127.0.0.1:6379/15", global_keyprefix=prefix)
+        b = await opened("redis://127.0.0.1:6379/14", global_keyprefix=prefix)
+        try:
+            await a.publish([Outgoing(message(b"in15"), "", "q")])
+            assert await b.queue_length("q") == 0
+            assert await a.queue_length("q") == 1
+            assert await a.purge("q") == 1
+        finally:
+            await a.close()
+            await b.close()
+
+    run(main())
+
+
+def test_unknown_option_and_bad_values_are_named() -> None:
+    with pytest.raises(ConfigurationError, match="did you mean 'visibility_timeout'"):
+        RedisTransport("redis://127.0.0.1:6379/0", {"visibilty_timeout": 10})
+    with pytest.raises(ConfigurationError, match="priority_steps"):
+        RedisTransport("redis://127.0.0.1:6379/0", {"priority_steps": [3, 1]})
+    with pytest.raises(ConfigurationError, match="master_name"):
+        RedisTransport("sentinel://127.0.0.1:26379", {})
+    with pytest.raises(ConfigurationError, match="must be a number"):
+        RedisTransport("redis://127.0.0.1:6379/zero", {})
+
+
+def test_unreachable_redis_is_a_broken_connection() -> None:
+    async def main() -> None:
+        port = 1  # nothing listens there
+        t = RedisTransport(f"redis://127.0.0.1:{port}/0", {"socket_connect_timeout": 0.5})
+        with pytest.raises(ConnectionBrokenError, match=f"127.0.0.1:{port}"):
+            await t.connect()
+
+    run(main())
+
+
+def test_unix_socket_url(private_redis: RedisServer) -> None:
+    async def main() -> None:
+        t = await opened(f"unix://{private_redis.socket_path}?db=2")
+        try:
+            await t.publish([Outgoing(message(b"sock"), "", "q")])
+            assert [m.body for m in await t.fetch(["q"], 1, 1.0)] == [b"sock"]
+        finally:
+            await t.close()
+
+    run(main())
+
+
+def test_sentinel_url_finds_the_master(tmp_path: Path, private_redis: RedisServer) -> None:
+    sentinel = SentinelServer(tmp_path, private_redis.port).start()
+    try:
+
+        async def main() -> None:
+            url = f"sentinel://127.0.0.1:{sentinel.port}/3;sentinel://127.0.0.1:{sentinel.port}"
+            t = await opened(url, master_name="mymaster")
+            try:
+                await t.publish([Outgoing(message(b"via-sentinel"), "", "q")])
+                assert [m.body for m in await t.fetch(["q"], 1, 1.0)] == [b"via-sentinel"]
+            finally:
+                await t.close()
+            direct = redis.Redis(host="127.0.0.1", port=private_redis.port, db=3)
+            assert direct.exists("q") == 0 and direct.exists("unacked") == 1
+            direct.close()
+
+        run(main())
+    finally:
+        sentinel.stop()
+
+
+def test_consumer_resumes_after_redis_restarts(private_redis: RedisServer) -> None:
+    url = private_redis.url
+
+    async def until(condition: Callable[[], bool], timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, "condition not reached in time"
+            await asyncio.sleep(0.02)
+
+    @asynccontext
+    async def producer() -> AsyncIterator[RedisTransport]:
+        t = await opened(url)
+        try:
+            yield t
+        finally:
+            await t.close()
+
+    async def main() -> None:
+        seen: list[bytes] = []
+
+        def on_message(m: Message) -> None:
+            seen.append(m.body)
+            m.ack()
+
+        conn = Connection(url, interval_start=0.05, interval_max=0.2)
+        async with conn:
+            await conn.declare(Queue("work"))
+            consumer = Consumer(conn, [Queue("work")], on_message, fetch_timeout=0.2)
+            task = asyncio.create_task(consumer.run())
+            async with producer() as p:
+                await p.publish([Outgoing(message(b"before"), "", "work")])
+            await until(lambda: seen == [b"before"])
+            # When Redis goes away and comes back (empty: it keeps nothing on disk)
+            await asyncio.to_thread(private_redis.restart, 0.5)
+            # Then the consumer reconnects by itself and receives what is sent next
+            async with producer() as p:
+                await p.publish([Outgoing(message(b"after"), "", "work")])
+            await until(lambda: seen == [b"before", b"after"])
+            consumer.stop()
+            await task
+
+    run(main())
+
+
+def asynccontext(func: Callable[..., AsyncIterator[T]]) -> Callable[..., Any]:
+    import contextlib
+
+    return contextlib.asynccontextmanager(func)
