@@ -12,6 +12,7 @@ import os
 import signal
 import time
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from celeriac.exceptions import (
 )
 from celeriac.messaging.message import Message
 from celeriac.messaging.transports.base import QUARANTINE_QUEUE
+from celeriac.protocol import parse_iso8601
 from celeriac.testing import start_worker
 from celeriac.utils import portal
 from celeriac.worker.bootsteps import StartStopStep, Step
@@ -104,6 +106,21 @@ def define_tasks(app: Celeriac) -> None:
             "parent_id": r.parent_id,
             "routing_key": r.delivery_info.get("routing_key"),
         }
+
+    @app.task(name="t.request", bind=True)
+    def request_fields(self: Any) -> dict[str, Any]:
+        r = self.request
+        return {
+            "eta": r.eta,
+            "expires": r.expires,
+            "delivery_info": dict(r.delivery_info),
+            "trace": (r.headers or {}).get("x-trace"),
+        }
+
+    @app.task(name="t.ignored", ignore_result=True)
+    def ignored(marker: str) -> str:
+        open(marker, "w").close()
+        return "not stored"
 
     @app.task(name="t.parent", bind=True)
     def parent(self: Any) -> str:
@@ -210,6 +227,39 @@ def test_request_context_and_parent_linking(app: Celeriac) -> None:
         child_id = parent.get(timeout=10)
         child = app.AsyncResult(child_id).get(timeout=10)
         assert child["parent_id"] == parent.id and child["root_id"] == parent.id
+
+
+def test_apply_async_options_reach_the_request(app: Celeriac) -> None:
+    # Given a worker, when a task is sent with an eta, expiry, headers, priority and key
+    eta = datetime.now(UTC) + timedelta(seconds=0.5)
+    with start_worker(app):
+        res = app.tasks["t.request"].apply_async(
+            eta=eta,
+            expires=60,
+            headers={"x-trace": "abc"},
+            priority=5,
+            queue="celery",
+            routing_key="celery",
+        )
+        fields = res.get(timeout=10)
+    # Then the task sees them in self.request
+    assert parse_iso8601(fields["eta"]) == eta
+    expires = parse_iso8601(fields["expires"])
+    assert expires is not None and expires > eta
+    assert fields["trace"] == "abc"
+    assert fields["delivery_info"]["priority"] == 5
+    assert fields["delivery_info"]["routing_key"] == "celery"
+
+
+def test_ignore_result_runs_the_task_and_stores_nothing(app: Celeriac, tmp_path: Any) -> None:
+    marker = tmp_path / "ran"
+    with start_worker(app):
+        res = app.tasks["t.ignored"].delay(str(marker))
+        deadline = time.time() + 10
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.02)
+        assert marker.exists()
+    assert res.state == states.PENDING
 
 
 def test_countdown_is_not_run_early(app: Celeriac) -> None:

@@ -216,6 +216,48 @@ def test_retry_in_eager_mode_and_max_retries() -> None:
     assert isinstance(Retry(when=3), Exception)
 
 
+@pytest.mark.parametrize(("retries", "expected"), [(0, 2.0), (1, 4.0), (2, 5.0), (6, 5.0)])
+def test_autoretry_backs_off_exponentially_up_to_the_maximum(retries: int, expected: float) -> None:
+    # Given a task that retries KeyError with backoff factor 2, capped at 5 s, no jitter
+    app = make_app()
+
+    @app.task(
+        bind=True, autoretry_for=(KeyError,), retry_backoff=2, retry_backoff_max=5,
+        retry_jitter=False, max_retries=None,
+    )
+    def t(self: Any) -> None:
+        raise KeyError("x")
+
+    # When attempt `retries` fails with KeyError inside a worker
+    token = t.push_request({"id": "i", "retries": retries, "called_directly": False})
+    try:
+        with pytest.raises(Retry) as info:
+            t.autoretry(KeyError("x"))
+    finally:
+        t.pop_request(token)
+    # Then the next attempt is due after factor * 2**retries seconds, at most the maximum
+    assert info.value.when == expected
+    assert isinstance(info.value.exc, KeyError)
+
+
+def test_autoretry_jitter_stays_within_the_backoff_and_ignores_other_errors() -> None:
+    app = make_app()
+
+    @app.task(bind=True, autoretry_for=(KeyError,), retry_backoff=True, max_retries=None)
+    def t(self: Any) -> None:
+        raise KeyError("x")
+
+    token = t.push_request({"id": "i", "retries": 3, "called_directly": False})
+    try:
+        for _ in range(50):
+            with pytest.raises(Retry) as info:
+                t.autoretry(KeyError("x"))
+            assert 0 <= info.value.when <= 8  # full jitter over 1 * 2**3
+        assert t.autoretry(ValueError("not listed")) is None
+    finally:
+        t.pop_request(token)
+
+
 def test_eager_propagates_when_configured() -> None:
     app = make_app(task_always_eager=True, task_eager_propagates=True)
 
