@@ -40,6 +40,25 @@ def test_call_then_result_wait_prints_the_return_value(e2e: E2E) -> None:
     assert "e2e.add" in worker.output() and "e2e.sleepy_late" in worker.output()
 
 
+def test_call_to_another_queue_with_countdown_runs_on_a_worker_of_that_queue(e2e: E2E) -> None:
+    # Given no worker yet, when a task is sent to queue "other" with a countdown
+    before = time.time()
+    sent = e2e.cli(
+        "-A", "e2eapp", "call", "e2e.add", "--args", "[2, 3]", "--queue", "other",
+        "--countdown", "1",
+    )
+    assert sent.returncode == 0, sent.stderr
+    # Then the message waits in that queue, not in the default one
+    assert e2e.queue_length("other") == 1 and e2e.queue_length() == 0
+    # And a worker consuming both queues (-Q a,b) runs it, not before its countdown
+    e2e.worker("-Q", "celery,other", pool="threads", concurrency=2)
+    res = e2e.client.AsyncResult(sent.stdout.strip())
+    assert res.get(timeout=30) == 5
+    date_done = res.date_done
+    assert date_done is not None and date_done.timestamp() >= before + 0.99
+    assert e2e.queue_length("other") == 0
+
+
 def test_result_of_a_failed_task_exits_non_zero(e2e: E2E) -> None:
     # Given a worker and a task that fails with a TypeError (a string plus an int)
     e2e.worker(pool="solo", concurrency=1)
