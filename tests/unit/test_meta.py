@@ -61,6 +61,30 @@ def test_prepare_exception_replaces_unserializable_args_with_repr() -> None:
     assert data["exc_message"] == ["ctx", repr(marker), [1, 2]]
 
 
+@pytest.mark.parametrize(
+    ("ours", "module"),
+    [
+        (exceptions.TaskRevokedError("expired"), "celery.exceptions"),
+        (exceptions.NotRegistered("x.y"), "celery.exceptions"),
+        (exceptions.MaxRetriesExceededError("too many"), "celery.exceptions"),
+        (exceptions.TimeLimitExceeded(5.0), "billiard.exceptions"),
+        (exceptions.SoftTimeLimitExceeded(), "billiard.exceptions"),
+        (exceptions.WorkerLostError("gone"), "billiard.exceptions"),
+    ],
+)
+def test_exceptions_with_celerys_names_are_stored_under_celerys_modules(
+    ours: BaseException, module: str
+) -> None:
+    # Given one of our exceptions that a Celery client knows by name
+    data = prepare_exception(ours)
+    # Then the meta names Celery's module (a Celery client rebuilds only from modules it
+    # has loaded, and would otherwise invent a class its `except` clauses do not catch)
+    assert data["exc_type"] == type(ours).__name__
+    assert data["exc_module"] == module
+    # And it reads back as our own class
+    assert type(exception_from_meta(data)) is type(ours)
+
+
 # -- exception_from_meta: what is rebuilt ---------------------------------------------------
 
 

@@ -44,6 +44,18 @@ TRUSTED_EXCEPTION_MODULES: frozenset[str] = frozenset(
 #: Celery/billiard names that have a celeriac class of the same meaning.
 _CELERY_MODULES = frozenset({"celery.exceptions", "billiard.exceptions"})
 
+#: celeriac exceptions that carry a Celery name -> the module Celery defines it in. Metas
+#: name that module, so a Celery client (which rebuilds only from modules it has loaded)
+#: raises its own class, e.g. ``celery.exceptions.TaskRevokedError`` for an expired task.
+_CELERY_HOMES: dict[str, str] = {
+    "NotRegistered": "celery.exceptions",
+    "TaskRevokedError": "celery.exceptions",
+    "MaxRetriesExceededError": "celery.exceptions",
+    "TimeLimitExceeded": "billiard.exceptions",
+    "SoftTimeLimitExceeded": "billiard.exceptions",
+    "WorkerLostError": "billiard.exceptions",
+}
+
 #: Exceptions that stop the *reading* process when raised (exit, interrupt, worker
 #: shutdown). A task's failure with one of these is reported, never re-raised as such.
 _INTERRUPTS: tuple[type[BaseException], ...] = (
@@ -91,10 +103,13 @@ def prepare_exception(exc: BaseException, serializer: str = "json") -> dict[str,
             else [exc.exc_message],
             "exc_module": exc.exc_module,
         }
+    module = kind.__module__
+    if module == _exceptions.__name__:
+        module = _CELERY_HOMES.get(kind.__name__, module)
     return {
         "exc_type": getattr(kind, "__qualname__", kind.__name__),
         "exc_message": message,
-        "exc_module": kind.__module__,
+        "exc_module": module,
     }
 
 
