@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from .support import E2E
+from .support import E2E, REDIS_URL, require_redis
 
 
 @pytest.fixture
@@ -17,3 +18,25 @@ def e2e(tmp_path: Path) -> Iterator[E2E]:
         yield env
     finally:
         env.close()
+
+
+@pytest.fixture
+def redis_e2e(tmp_path: Path) -> Iterator[E2E]:
+    """Like ``e2e`` but broker and result store on Redis, under a key prefix of its own."""
+    require_redis()
+    import redis
+
+    prefix = f"e2e{uuid.uuid4().hex[:10]}:"
+    env = E2E(
+        tmp_path, url=REDIS_URL, transport_options={"global_keyprefix": prefix},
+        backend_options={"global_keyprefix": prefix},
+    )
+    try:
+        yield env
+    finally:
+        env.close()
+        client = redis.Redis.from_url(REDIS_URL)
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start : start + 500])
+        client.close()

@@ -9,8 +9,10 @@ children, and teardown kills whatever is still running, whatever the test did.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -28,6 +30,21 @@ T = TypeVar("T")
 APPS_DIR = Path(__file__).resolve().parent / "apps"
 #: Name of the default task queue.
 DEFAULT_QUEUE = "celery"
+#: Redis database the Redis-backed end-to-end tests use (each test under its own prefix).
+REDIS_URL = "redis://127.0.0.1:6379/14"
+
+
+def require_redis() -> None:
+    """Skip (or, under CI=true, fail) unless Redis answers on 127.0.0.1:6379."""
+    import pytest
+
+    try:
+        socket.create_connection(("127.0.0.1", 6379), timeout=0.5).close()
+    except OSError:
+        reason = "redis not reachable on 127.0.0.1:6379"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
 
 
 def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.05) -> T:
@@ -115,11 +132,22 @@ class Process:
 
 
 class E2E:
-    """A broker, a result store and a ledger in one directory, and the processes using them."""
+    """A broker, a result store and a ledger in one directory, and the processes using them.
 
-    def __init__(self, directory: Path) -> None:
+    By default broker and store are one SQLite file in the directory; ``url`` and the two
+    option mappings point every process (workers and the test's client) somewhere else,
+    e.g. Redis under a key prefix of the test's own.
+    """
+
+    def __init__(
+        self, directory: Path, url: str | None = None,
+        transport_options: dict[str, Any] | None = None,
+        backend_options: dict[str, Any] | None = None,
+    ) -> None:
         self.dir = directory
-        self.url = f"sqlite:///{directory / 'broker.db'}"
+        self.url = url or f"sqlite:///{directory / 'broker.db'}"
+        self.transport_options = dict(transport_options or {})
+        self.backend_options = dict(backend_options or {})
         self.ledger = Ledger(directory / "ledger")
         env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERIAC_", "E2E_"))}
         path = [str(APPS_DIR), env.get("PYTHONPATH", "")]
@@ -130,6 +158,10 @@ class E2E:
             PYTHONPATH=os.pathsep.join(p for p in path if p),
             PYTHONUNBUFFERED="1",
         )
+        if self.transport_options:
+            env["CELERIAC_BROKER_TRANSPORT_OPTIONS"] = json.dumps(self.transport_options)
+        if self.backend_options:
+            env["CELERIAC_RESULT_BACKEND_TRANSPORT_OPTIONS"] = json.dumps(self.backend_options)
         self.env = env
         self.processes: list[Process] = []
         self._client: Celeriac | None = None
@@ -193,7 +225,8 @@ class E2E:
         if self._client is None:
             self._client = Celeriac(
                 "e2e-client", broker=self.url, backend=self.url, set_as_current=False,
-                environ={},
+                environ={}, broker_transport_options=self.transport_options,
+                result_backend_transport_options=self.backend_options,
             )
         return self._client
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import os
 import socket
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -31,3 +33,15 @@ def require_service(name: str) -> None:
 def redis_service() -> None:
     """Use in tests that need Redis on 127.0.0.1:6379."""
     require_service("redis")
+
+
+@pytest.fixture
+def peers(redis_service: None, tmp_path: Any) -> Iterator[Any]:
+    """A namespace on Redis db 14 for Celery and celeriac peers (see ``peers.py``)."""
+    from .peers import Peers
+
+    found = Peers(tmp_path)
+    try:
+        yield found
+    finally:
+        found.close()
