@@ -103,6 +103,12 @@ async def soft_async() -> str:
     return "never interrupted"
 
 
+@app.task(name="t.touch")
+def touch(path: str) -> None:
+    with open(path, "a") as f:
+        f.write("ran\n")
+
+
 @app.task(name="t.pid")
 def pid() -> int:
     return os.getpid()
@@ -283,6 +289,61 @@ def test_prefork_child_killed_mid_task_is_worker_lost_and_replaced() -> None:
     run("prefork", scenario)
 
 
+def test_prefork_jobs_queued_behind_a_killed_childs_job_still_run_once() -> None:
+    async def scenario(pool: Pool, rec: Recorder) -> None:
+        # Given one child running a job with another job already handed to it
+        submit(pool, rec, "victim", "t.sleep", 5)
+        submit(pool, rec, "behind", "t.pid")
+        await rec.until(lambda: "victim" in rec.started)
+        assert pool.num_pending == 1 and "behind" not in rec.started
+        # When the child dies mid-job
+        os.kill(rec.started["victim"], signal.SIGKILL)
+        # Then only the running job is lost; the one behind it never started and runs
+        # on the replacement child, once
+        assert (await rec.outcome("victim")).worker_lost
+        behind = await rec.outcome("behind")
+        assert behind.state == "SUCCESS" and behind.retval != rec.started["victim"]
+        assert behind.retval == rec.started["behind"]
+
+    run("prefork", scenario, limit=1)
+
+
+def test_prefork_recalled_job_is_never_run_by_the_child_holding_it(tmp_path: Any) -> None:
+    marker = tmp_path / "ran"
+
+    async def scenario(pool: Pool, rec: Recorder) -> None:
+        # Given a child running a job with another already handed to it
+        submit(pool, rec, "busy", "t.sleep", 0.3)
+        await rec.until(lambda: "busy" in rec.started)
+        held = submit(pool, rec, "held", "t.touch", str(marker))
+        await asyncio.sleep(0.02)
+        # When the pool takes back what has not started (a warm shutdown does)
+        assert pool.take_pending() == [held]
+        # Then the child finishes its job but never runs the recalled one
+        await rec.outcome("busy")
+        await asyncio.sleep(0.3)
+        assert not marker.exists() and "held" not in rec.done
+        # And it keeps serving new jobs
+        submit(pool, rec, "later", "t.touch", str(marker))
+        await rec.outcome("later")
+        assert marker.read_text() == "ran\n"
+
+    run("prefork", scenario, limit=1)
+
+
+def test_prefork_time_limited_job_never_has_a_job_queued_behind_it() -> None:
+    async def scenario(pool: Pool, rec: Recorder) -> None:
+        submit(pool, rec, "limited", "t.sleep", 5, time_limit=0.3)
+        submit(pool, rec, "next", "t.add", 1, 2)
+        await rec.until(lambda: "limited" in rec.started)
+        # The job behind waits in the pool, not in the child the limit will kill
+        assert pool.num_pending == 1
+        assert isinstance((await rec.outcome("limited")).exc, TimeLimitExceeded)
+        assert (await rec.outcome("next")).retval == 3
+
+    run("prefork", scenario, limit=1)
+
+
 def test_prefork_children_ignore_sigterm_and_sigint() -> None:
     async def scenario(pool: Pool, rec: Recorder) -> None:
         submit(pool, rec, "t", "t.sleep", 0.2)
@@ -329,7 +390,10 @@ def test_prefork_unpicklable_values_fail_clearly_and_keep_the_pipe() -> None:
 def test_take_pending_returns_unstarted_jobs_in_order(pool_name: str) -> None:
     async def scenario(pool: Pool, rec: Recorder) -> None:
         submit(pool, rec, "busy", "t.asleep", 0.2)
+        await rec.until(lambda: "busy" in rec.started)
         queued = [submit(pool, rec, f"q{i}", "t.add", i, i) for i in range(3)]
+        # (a prefork child already holds the first one, queued behind its running job)
+        await asyncio.sleep(0.02)
         assert pool.num_pending == 3
         assert pool.take_pending() == queued
         assert pool.take_pending() == [] and pool.num_pending == 0

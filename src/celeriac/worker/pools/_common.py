@@ -33,7 +33,18 @@ class Entry:
     that reports, so ``on_done`` is called exactly once per started job.
     """
 
-    __slots__ = ("atask", "ex", "job", "on_done", "on_start", "pid", "state", "timers")
+    __slots__ = (
+        "atask",
+        "ex",
+        "job",
+        "number",
+        "on_done",
+        "on_start",
+        "order",
+        "pid",
+        "state",
+        "timers",
+    )
 
     def __init__(self, job: Job, on_start: OnStart, on_done: OnDone) -> None:
         self.job = job
@@ -44,6 +55,11 @@ class Entry:
         self.timers: list[asyncio.TimerHandle] | None = None
         self.pid = 0
         self.atask: asyncio.Task[Any] | None = None
+        #: Submission order (pools that hand jobs out ahead of time keep it to give
+        #: unstarted ones back in order).
+        self.order = 0
+        #: The job's number in the stream of jobs sent to one pool process.
+        self.number = 0
 
     def __repr__(self) -> str:
         return f"<Entry {self.job.name}[{self.job.id}] state={self.state}>"

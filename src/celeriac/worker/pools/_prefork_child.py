@@ -1,27 +1,35 @@
 """The prefork pool's child process: read jobs from a pipe, trace them, write outcomes back.
 
 Wire format, both directions: frames of a 4-byte big-endian length followed by a pickled
-*list* of records, so several records can travel in one write and one read. Parent to
-child a record is a job tuple (``None`` asks the child to exit); child to parent it is an
-outcome tuple. Pickle is safe here: both ends are the same program, forked, and the pipes
-are private to them.
+*list* of records; several frames may travel in one write and be taken by one read.
+Parent to child a record is a job tuple (``None`` asks the child to exit); child to parent
+it is ``(job id,)`` when a job starts and an outcome tuple when it ends. Pickle is safe
+here: both ends are the same program, forked, and the pipes are private to them.
 
-A child runs one job at a time and never touches the parent's event loop. It ignores
-SIGINT and SIGTERM (the parent coordinates shutdown), takes SIGUSR1 as "soft time limit
-now", and always leaves with ``os._exit`` so no parent state (atexit hooks, buffered
-files, the loop) is run twice.
+A child runs one job at a time, in the order received, but the parent may send it the
+next job while the current one runs, so the child never waits for a round trip through
+the parent's loop. After a job the child takes whatever already arrived without waiting,
+and writes the outcome together with the start of the next job in one write: one write
+per job in steady state. It never touches the parent's event loop, ignores SIGINT and
+SIGTERM (the parent coordinates shutdown), takes SIGUSR1 as "soft time limit now", and
+always leaves with ``os._exit`` so no parent state (atexit hooks, buffered files, the
+loop) is run twice.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
+import multiprocessing
 import os
 import pickle
+import select
 import signal
 import struct
 import sys
 import traceback
+from collections import deque
 from collections.abc import Iterable
 from types import FrameType
 from typing import Any, NoReturn
@@ -31,10 +39,13 @@ from ...exceptions import EncodeError, Retry, SoftTimeLimitExceeded
 from .. import tracer as _tracer
 from .base import Job, Outcome
 
-__all__ = ["HEADER", "encode_frame", "child_main", "job_record", "outcome_record"]
+__all__ = ["HEADER", "Handover", "encode_frame", "child_main", "job_record", "outcome_record"]
 
 #: Frame header: payload length in bytes.
 HEADER = struct.Struct(">I")
+#: Bytes taken from the job pipe per read.
+READ_SIZE = 1 << 16
+_U64 = struct.Struct("=Q")
 _PROTOCOL = pickle.HIGHEST_PROTOCOL
 _dumps, _loads = pickle.dumps, pickle.loads
 
@@ -42,6 +53,42 @@ _dumps, _loads = pickle.dumps, pickle.loads
 JobRecord = tuple[str, str, list[Any], dict[str, Any], dict[str, Any], float | None, float | None]
 #: An outcome as sent back: (job id, state, retval, exc, traceback, runtime, requeue).
 OutcomeRecord = tuple[str, str, Any, BaseException | None, str | None, float, bool]
+
+
+class Handover:
+    """Shared between the parent and one child: which handed-out jobs may still start.
+
+    The parent hands a child jobs ahead of time; a warm shutdown must get the unstarted
+    ones back at once (their messages return to the broker) and be sure the child never
+    starts them. Both sides decide under one lock, so a job is either started (the child
+    recorded its number first) or recalled (the parent raised the recall mark first),
+    never both. Jobs are numbered 1, 2, ... in the order the child receives them.
+    """
+
+    __slots__ = ("lock", "memory")
+
+    def __init__(self) -> None:
+        self.lock = multiprocessing.Lock()
+        #: Two unsigned 64-bit numbers: recalled up to, started up to.
+        self.memory = mmap.mmap(-1, 16)
+
+    def may_start(self, number: int) -> bool:
+        """Child: record that job ``number`` starts, unless the parent recalled it."""
+        with self.lock:
+            if number <= _U64.unpack_from(self.memory, 0)[0]:
+                return False
+            _U64.pack_into(self.memory, 8, number)
+            return True
+
+    def recall(self, upto: int) -> int:
+        """Parent: no job numbered ``upto`` or lower may start from now on; returns the
+        number of the last job that did start."""
+        with self.lock:
+            _U64.pack_into(self.memory, 0, upto)
+            return int(_U64.unpack_from(self.memory, 8)[0])
+
+    def close(self) -> None:
+        self.memory.close()
 
 
 def encode_frame(records: list[Any]) -> bytes:
@@ -197,31 +244,70 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[written:]
 
 
-def _serve(app: Any, job_fd: int, result_fd: int, soft: _SoftLimit) -> int:
-    reader = open(job_fd, "rb", buffering=1 << 16)  # noqa: SIM115 - lives as long as the child
-    read, unpack, trace = reader.read, HEADER.unpack, _tracer.trace
-    execution = _tracer.Execution
-    while True:
-        header = read(4)
-        if len(header) < 4:
-            return 0  # the parent closed the pipe: time to go
-        (size,) = unpack(header)
-        payload = read(size)
-        if len(payload) < size:
-            return 0
-        for record in _loads(payload):
-            if record is None:
-                return 0
-            job = Job(*record)
-            ex = None
-            if job.soft_time_limit:
-                ex = soft.ex = execution()
-                soft.message = f"soft time limit ({job.soft_time_limit}s) exceeded"
+def _serve(app: Any, job_fd: int, result_fd: int, soft: _SoftLimit, handover: Handover) -> int:
+    os.set_blocking(job_fd, False)
+    may_start = handover.may_start
+    number = 0
+    trace, execution, unpack = _tracer.trace, _tracer.Execution, HEADER.unpack
+    size_of = HEADER.size
+    inbox = bytearray()
+    queue: deque[Any] = deque()
+    out = b""  # written before the child blocks or starts a job
+
+    def take(block: bool) -> bool:
+        """Move what arrived into ``queue``; False once the parent closed the pipe."""
+        while True:
             try:
-                outcome = trace(app, job, ex)
-            finally:
-                soft.ex = None
-            _write_all(result_fd, encode_outcome(job, outcome))
+                data = os.read(job_fd, READ_SIZE)
+            except BlockingIOError:
+                if not block:
+                    return True
+                select.select([job_fd], [], [])
+                continue
+            if not data:
+                return False
+            inbox.extend(data)
+            while len(inbox) >= size_of:
+                (size,) = unpack(inbox[:size_of])
+                end = size_of + size
+                if len(inbox) < end:
+                    break
+                queue.extend(_loads(bytes(inbox[size_of:end])))
+                del inbox[:end]
+            if queue or not block:
+                return True
+
+    open_ = True
+    while True:
+        if not queue:
+            if out:
+                _write_all(result_fd, out)
+                out = b""
+            if not open_ or not take(block=True):
+                return 0
+            continue
+        record = queue.popleft()
+        if record is None:
+            if out:
+                _write_all(result_fd, out)
+            return 0
+        number += 1
+        if not may_start(number):
+            continue  # recalled by the parent, which has given it back already
+        job = Job(*record)
+        _write_all(result_fd, out + encode_frame([(job.id,)]))
+        out = b""
+        ex = None
+        if job.soft_time_limit:
+            ex = soft.ex = execution()
+            soft.message = f"soft time limit ({job.soft_time_limit}s) exceeded"
+        try:
+            outcome = trace(app, job, ex)
+        finally:
+            soft.ex = None
+        out = encode_outcome(job, outcome)
+        if not queue and open_:
+            open_ = take(block=False)
 
 
 def child_main(
@@ -230,6 +316,7 @@ def child_main(
     result_fd: int,
     close_fds: Iterable[int],
     parent_pid: int,
+    handover: Handover,
     sigmask: Iterable[int] = (),
 ) -> NoReturn:
     """Body of a forked child. Never returns: the process ends here.
@@ -244,7 +331,7 @@ def child_main(
         soft = _SoftLimit()
         _setup(close_fds, parent_pid, soft)
         signal.pthread_sigmask(signal.SIG_SETMASK, sigmask)
-        code = _serve(app, job_fd, result_fd, soft)
+        code = _serve(app, job_fd, result_fd, soft, handover)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException:

@@ -6,11 +6,20 @@ pair of pipes with length-prefixed pickled lists (see
 :mod:`celeriac.worker.pools._prefork_child`); the parent reads outcomes with
 ``loop.add_reader``, so no thread sits between a child and the loop.
 
-Each child runs one job at a time, which makes two things exact: when a child dies, the
-job it was running is known (FAILURE :class:`~celeriac.exceptions.WorkerLostError`,
-``worker_lost=True``, so ``reject_on_worker_lost`` can requeue it), and a hard time limit
-can kill just that job. Jobs go to idle children in submission order; ``on_start`` is called
-when the job has been written to an idle child, which starts it at once.
+Each child runs one job at a time, but holds up to :data:`PIPELINE_DEPTH` jobs, so the
+next one is already there when the current one ends (no child waits for a round trip
+through this loop; that wait, not the pipes, bounded throughput). The child reports the
+start of each job, which makes two things exact: when a child dies, the job it was running
+is known (FAILURE :class:`~celeriac.exceptions.WorkerLostError`, ``worker_lost=True``, so
+``reject_on_worker_lost`` can requeue it) while the jobs queued behind it never started
+and go to another child; and ``on_start`` is called when the job really starts. A job
+with a time limit goes only to an idle child and nothing is queued behind it, so a limit
+signal can only ever hit that job. Jobs leave in submission order, to the least busy
+child.
+
+Jobs handed to a child ahead of time can still be taken back (warm shutdown returns them
+to the broker at once): :meth:`take_pending` recalls them under a lock the child takes
+before starting each job, so a job is either started or given back, never both.
 
 Time limits: at the soft deadline the parent sends SIGUSR1 and the child raises
 SoftTimeLimitExceeded inside the task (at the current ``await`` for ``async def`` tasks);
@@ -36,6 +45,7 @@ from .. import tracer as _tracer
 from . import _prefork_child as _child
 from ._common import (
     DONE,
+    PENDING,
     RUNNING,
     Entry,
     call_on_done,
@@ -59,6 +69,8 @@ EARLY_DEATHS_ALLOWED = 3
 RESPAWN_DELAY_MAX = 5.0
 #: Bytes read from a result pipe per readable event.
 READ_SIZE = 1 << 16
+#: Jobs a child holds at once: the running one and those queued behind it.
+PIPELINE_DEPTH = 2
 
 _HEADER_SIZE = _child.HEADER.size
 _unpack = _child.HEADER.unpack
@@ -73,25 +85,38 @@ class _Child:
         "buffer",
         "count",
         "entry",
+        "exclusive",
         "exited",
+        "handover",
         "job_fd",
         "kill_reason",
         "outbox",
         "pid",
         "pidfd",
+        "queue",
         "result_fd",
         "retiring",
+        "sent",
         "started",
     )
 
-    def __init__(self, pid: int, job_fd: int, result_fd: int, pidfd: int | None) -> None:
+    def __init__(
+        self, pid: int, job_fd: int, result_fd: int, pidfd: int | None, handover: Any
+    ) -> None:
         self.pid = pid
+        self.handover = handover
         self.job_fd: int | None = job_fd
         self.result_fd: int | None = result_fd
         self.pidfd = pidfd
         self.buffer = bytearray()
+        #: Jobs sent and not finished, in order; the first is running once it started.
+        self.queue: deque[Entry] = deque()
+        #: The job running now (its start was reported), else None.
         self.entry: Entry | None = None
+        #: True while it runs a job with a time limit (nothing may queue behind it).
+        self.exclusive = False
         self.count = 0
+        self.sent = 0
         self.retiring = False
         self.kill_reason: str | None = None
         self.outbox: memoryview | None = None
@@ -100,11 +125,11 @@ class _Child:
 
     def __repr__(self) -> str:
         job = self.entry.job.id if self.entry is not None else None
-        return f"<child pid={self.pid} job={job} done={self.count}>"
+        return f"<child pid={self.pid} job={job} queued={len(self.queue)} done={self.count}>"
 
 
 class PreforkPool(Pool):
-    """``limit`` forked child processes, one job each at a time."""
+    """``limit`` forked child processes, each running one job at a time."""
 
     name = "prefork"
     kills_on_time_limit = True
@@ -118,12 +143,13 @@ class PreforkPool(Pool):
         self._pending: deque[Entry] = deque()
         self._running: set[Entry] = set()
         self._children: dict[int, _Child] = {}
-        self._idle: deque[_Child] = deque()
         #: Parent-side fds of every child: a new child closes them all.
         self._fds: set[int] = set()
         self._closing = False
         self._waiters: list[asyncio.Future[None]] = []
         self._early_deaths = 0
+        self._dispatch_handle: asyncio.Handle | None = None
+        self._submitted = 0
 
     # --- Pool API ----------------------------------------------------------------------
 
@@ -137,22 +163,45 @@ class PreforkPool(Pool):
     def submit(self, job: Job, on_start: OnStart, on_done: OnDone) -> None:
         if self._closing:
             raise RuntimeError(f"{self!r} is stopping: it accepts no new jobs")
-        self._pending.append(Entry(job, on_start, on_done))
-        if self._idle:
-            self._dispatch()
+        entry = Entry(job, on_start, on_done)
+        self._submitted += 1
+        entry.order = self._submitted
+        self._pending.append(entry)
+        # Dispatch once per loop iteration: the jobs of one fetched batch go to each
+        # child in one write, not one write (and one child wake-up) per job.
+        if self._dispatch_handle is None and self.loop is not None:
+            self._dispatch_handle = self.loop.call_soon(self._dispatch_soon)
 
     def take_pending(self) -> list[Job]:
-        jobs = [entry.job for entry in self._pending]
+        """Every job not started: those waiting here and those handed to a child ahead of
+        time, which the child will now never start (see :class:`_child.Handover`)."""
+        taken = list(self._pending)
         self._pending.clear()
-        return jobs
+        for child in self._children.values():
+            if len(child.queue) <= (child.entry is not None) or child.exited:
+                continue
+            started = child.handover.recall(child.sent)
+            keep: deque[Entry] = deque()
+            for entry in child.queue:
+                if entry.number <= started:
+                    keep.append(entry)
+                else:
+                    entry.state = PENDING
+                    self._running.discard(entry)
+                    taken.append(entry)
+            child.queue = keep
+        taken.sort(key=lambda e: e.order)
+        self._notify()
+        return [entry.job for entry in taken]
 
     @property
     def num_active(self) -> int:
-        return len(self._running)
+        return sum(1 for c in self._children.values() if c.entry is not None)
 
     @property
     def num_pending(self) -> int:
-        return len(self._pending)
+        ahead = sum(len(c.queue) - (c.entry is not None) for c in self._children.values())
+        return len(self._pending) + ahead
 
     @property
     def pids(self) -> list[int]:
@@ -193,13 +242,16 @@ class PreforkPool(Pool):
         result_r, result_w = os.pipe()
         parent_pid = os.getpid()
         close_in_child = [*self._fds, job_w, result_r]
+        handover = _child.Handover()
         # Signals meant for the child wait until it has set its own handlers.
         mask = signal.pthread_sigmask(signal.SIG_BLOCK, _CHILD_SIGNALS)
         pid = -1
         try:
             pid = os.fork()
             if pid == 0:  # pragma: no cover - runs in the child, which always os._exit()s
-                _child.child_main(self.app, job_r, result_w, close_in_child, parent_pid, mask)
+                _child.child_main(
+                    self.app, job_r, result_w, close_in_child, parent_pid, handover, mask
+                )
         finally:
             if pid != 0:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
@@ -211,21 +263,18 @@ class PreforkPool(Pool):
         if _HAS_PIDFD:
             with contextlib.suppress(OSError):
                 pidfd = os.pidfd_open(pid)
-        child = _Child(pid, job_w, result_r, pidfd)
+        child = _Child(pid, job_w, result_r, pidfd, handover)
         self._children[pid] = child
         self._fds.update((job_w, result_r))
         loop.add_reader(result_r, self._on_readable, child)
         if pidfd is not None:
             self._fds.add(pidfd)
             loop.add_reader(pidfd, self._on_exit, child)
-        self._idle.append(child)
         return child
 
     def _retire(self, child: _Child) -> None:
         """Ask a child to exit when it is idle: end-of-file on its job pipe."""
         child.retiring = True
-        with contextlib.suppress(ValueError):
-            self._idle.remove(child)
         self._close_job_fd(child)
 
     def _close_job_fd(self, child: _Child) -> None:
@@ -240,16 +289,45 @@ class PreforkPool(Pool):
 
     # --- sending jobs --------------------------------------------------------------------
 
+    def _pick(self, exclusive: bool) -> _Child | None:
+        """The least busy child that may take one more job, or None."""
+        best: _Child | None = None
+        limit = 1 if exclusive else PIPELINE_DEPTH
+        most = self.max_tasks_per_child
+        for child in self._children.values():
+            held = len(child.queue)
+            if (
+                held >= limit
+                or child.exclusive
+                or child.retiring
+                or child.exited
+                or child.job_fd is None
+                or (most is not None and child.sent >= most)
+            ):
+                continue
+            if best is None or held < len(best.queue):
+                best = child
+                if held == 0:
+                    break
+        return best
+
+    def _dispatch_soon(self) -> None:
+        self._dispatch_handle = None
+        self._dispatch()
+
     def _dispatch(self) -> None:
-        pending, idle = self._pending, self._idle
-        while pending and idle and not self._closing:
-            child = idle.popleft()
+        pending = self._pending
+        frames: dict[_Child, list[bytes]] = {}
+        while pending and not self._closing:
+            job = pending[0].job
+            exclusive = bool(job.time_limit or job.soft_time_limit)
+            child = self._pick(exclusive)
+            if child is None:
+                break
             entry = pending.popleft()
-            job = entry.job
             try:
                 frame = _child.encode_frame([_child.job_record(job)])
             except Exception as err:
-                idle.appendleft(child)
                 entry.state = DONE
                 bad = EncodeError(
                     f"job {job.name}[{job.id}] cannot be sent to a pool process: {err}"
@@ -259,18 +337,20 @@ class PreforkPool(Pool):
             entry.state = RUNNING
             entry.pid = child.pid
             self._running.add(entry)
-            child.entry = entry
-            loop = self.loop
-            assert loop is not None
-            child.started = loop.time()
-            if job.time_limit or job.soft_time_limit:
-                self._arm(child, entry, loop)
-            self._send(child, frame)
-            call_on_start(entry, child.pid)
+            child.queue.append(entry)
+            child.sent += 1
+            entry.number = child.sent
+            child.exclusive = exclusive
+            frames.setdefault(child, []).append(frame)
+        for child, parts in frames.items():
+            self._send(child, parts[0] if len(parts) == 1 else b"".join(parts))
 
     def _send(self, child: _Child, frame: bytes) -> None:
         fd = child.job_fd
         if fd is None:
+            return
+        if child.outbox is not None:  # still writing an earlier frame: queue behind it
+            child.outbox = memoryview(bytes(child.outbox) + frame)
             return
         try:
             written = os.write(fd, frame)
@@ -379,7 +459,7 @@ class PreforkPool(Pool):
                 self._on_outcome(child, record)
 
     def _undecodable(self, child: _Child, err: Exception) -> None:
-        entry = child.entry
+        entry = child.entry or (child.queue[0] if child.queue else None)
         if entry is None:
             logger.error("prefork: undecodable message from child %s: %r", child.pid, err)
             return
@@ -391,15 +471,29 @@ class PreforkPool(Pool):
         self._finish(child, entry, _tracer.failure(bad, pid=child.pid))
 
     def _on_outcome(self, child: _Child, record: tuple[Any, ...]) -> None:
-        entry = child.entry
-        job_id, state, retval, exc, tb, runtime, requeue = record
-        if entry is None or entry.job.id != job_id:
-            logger.error("prefork: child %s reported job %s it was not running", child.pid, job_id)
+        queue = child.queue
+        entry = queue[0] if queue else None
+        if entry is None or entry.job.id != record[0]:
+            logger.error("prefork: child %s reported job %s it was not given", child.pid, record[0])
             return
+        if len(record) == 1:  # the job starts
+            child.entry = entry
+            loop = self.loop
+            assert loop is not None
+            child.started = loop.time()
+            job = entry.job
+            if job.time_limit or job.soft_time_limit:
+                self._arm(child, entry, loop)
+            call_on_start(entry, child.pid)
+            return
+        _, state, retval, exc, tb, runtime, requeue = record
         self._finish(child, entry, Outcome(state, retval, exc, tb, runtime, child.pid, requeue))
 
     def _finish(self, child: _Child, entry: Entry, outcome: Outcome) -> None:
+        if child.queue and child.queue[0] is entry:
+            child.queue.popleft()
         child.entry = None
+        child.exclusive = False
         child.count += 1
         if entry.state == RUNNING:
             entry.state = DONE
@@ -407,13 +501,10 @@ class PreforkPool(Pool):
             call_on_done(entry, outcome)
         if child.exited:
             return
-        if self._closing:
-            self._idle.append(child)
-        elif self.max_tasks_per_child and child.count >= self.max_tasks_per_child:
+        most = self.max_tasks_per_child
+        if most and child.count >= most and not child.queue and not self._closing:
             self._retire(child)
             self._spawn()
-        else:
-            self._idle.append(child)
         if self._pending:
             self._dispatch()
         self._notify()
@@ -451,22 +542,27 @@ class PreforkPool(Pool):
         self._close_result_fd(child)
         self._close_job_fd(child)
         self._children.pop(child.pid, None)
-        with contextlib.suppress(ValueError):
-            self._idle.remove(child)
+        child.handover.close()
         entry = child.entry
-        if entry is not None:
-            child.entry = None
-            if entry.state == RUNNING:
-                entry.state = DONE
-                self._running.discard(entry)
-                runtime = loop.time() - child.started
-                if child.kill_reason == "time_limit":
-                    outcome = time_limit_outcome(entry.job, child.pid, runtime)
-                else:
-                    outcome = lost_outcome(
-                        _describe_exit(child, status, entry.job.id), child.pid, runtime
-                    )
-                call_on_done(entry, outcome)
+        child.entry = None
+        queued = [e for e in child.queue if e is not entry]
+        child.queue.clear()
+        for waiting in reversed(queued):  # never started: another child runs them
+            if waiting.state == RUNNING:
+                waiting.state = PENDING
+                self._running.discard(waiting)
+                self._pending.appendleft(waiting)
+        if entry is not None and entry.state == RUNNING:
+            entry.state = DONE
+            self._running.discard(entry)
+            runtime = loop.time() - child.started
+            if child.kill_reason == "time_limit":
+                outcome = time_limit_outcome(entry.job, child.pid, runtime)
+            else:
+                outcome = lost_outcome(
+                    _describe_exit(child, status, entry.job.id), child.pid, runtime
+                )
+            call_on_done(entry, outcome)
         if not child.retiring and not self._closing:
             delay = 0.0
             if child.kill_reason is None and entry is None:
@@ -523,7 +619,7 @@ class PreforkPool(Pool):
 
     def info(self) -> dict[str, Any]:
         info = super().info()
-        info["idle-processes"] = len(self._idle)
+        info["idle-processes"] = sum(1 for c in self._children.values() if not c.queue)
         return info
 
 
