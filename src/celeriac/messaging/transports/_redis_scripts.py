@@ -284,14 +284,27 @@ end
 
 local out = {'', 0}
 local got, dropped = 0, 0
+local hset, index, lease, bumps = {}, {}, {}, {}
+
+-- The delivery tag, read without decoding the envelope when it appears exactly once
+-- (a nested "delivery_tag" key elsewhere falls back to decoding).
+local function tag_of(raw)
+  local at = string.find(raw, '"delivery_tag"', 1, true)
+  if at and not string.find(raw, '"delivery_tag"', at + 14, true) then
+    local t = string.match(raw, '^"delivery_tag"%s*:%s*"([^"\\]+)"', at)
+    if t then return t end
+  end
+  local ok, env = pcall(cjson.decode, raw)
+  if ok and type(env) == 'table' and type(env.properties) == 'table' then
+    local t = env.properties.delivery_tag
+    if type(t) == 'string' and t ~= '' then return t end
+  end
+  return nil
+end
 
 local function record(q, raw)
-  local ok, env = pcall(cjson.decode, raw)
-  local tag
-  if ok and type(env) == 'table' and type(env.properties) == 'table' then
-    tag = env.properties.delivery_tag
-  end
-  if type(tag) ~= 'string' or tag == '' then
+  local tag = tag_of(raw)
+  if tag == nil then
     tag = 'invalid-' .. redis.sha1hex(raw .. tostring(NOW) .. tostring(got))
     raw = wrap(raw, tag, q)
   end
@@ -306,16 +319,16 @@ local function record(q, raw)
       end
     end
   end
-  redis.call('HSET', KEYS[1], tag, '[' .. raw .. ', "", ' .. cjson.encode(q) .. ']')
-  redis.call('ZADD', KEYS[2], NOW, tag)
-  redis.call('ZADD', KEYS[3], NOW + vt, tag)
-  local dk = P .. '_celeriac.delivery.' .. tag
-  local n = redis.call('HINCRBY', dk, 'n', 1)
-  redis.call('HSET', dk, 's', redis.call('ZSCORE', KEYS[2], tag))
-  redis.call('EXPIRE', dk, keep)
+  hset[#hset + 1] = tag
+  hset[#hset + 1] = '[' .. raw .. ', "", ' .. cjson.encode(q) .. ']'
+  index[#index + 1] = NOW
+  index[#index + 1] = tag
+  lease[#lease + 1] = NOW + vt
+  lease[#lease + 1] = tag
   got = got + 1
+  bumps[got] = tag
   out[#out + 1] = q
-  out[#out + 1] = n
+  out[#out + 1] = 0
   out[#out + 1] = raw
 end
 
@@ -338,6 +351,26 @@ if #queues > 0 then
       if got >= limit then break end
       take(q, step, limit - got)
     end
+  end
+end
+
+-- Record the whole batch: a few multi-member writes instead of several per message.
+local CHUNK = 1000
+local function write(cmd, key, items)
+  for i = 1, #items, CHUNK do
+    redis.call(cmd, key, unpack(items, i, math.min(i + CHUNK - 1, #items)))
+  end
+end
+if got > 0 then
+  write('HSET', KEYS[1], hset)
+  write('ZADD', KEYS[2], index)
+  write('ZADD', KEYS[3], lease)
+  local score = redis.call('ZSCORE', KEYS[2], bumps[1])
+  for i, tag in ipairs(bumps) do
+    local dk = P .. '_celeriac.delivery.' .. tag
+    out[3 * i + 1] = redis.call('HINCRBY', dk, 'n', 1)
+    redis.call('HSET', dk, 's', score)
+    redis.call('EXPIRE', dk, keep)
   end
 end
 out[2] = dropped
