@@ -108,6 +108,7 @@ def test_delayed_messages_wait_in_redis_not_in_memory(shared: tuple[str, str, An
 
     async def main() -> None:
         t = await opened(url, global_keyprefix=prefix)
+        assert await t.fetch(["q"], 1, 0.01) == []  # a celeriac consumer serves "q"
         await t.publish([Outgoing(message(b"later"), "", "q", time.time() + 0.5)])
         await t.close()
         # Given no process holds it, the message is in Redis's delayed set
@@ -119,6 +120,31 @@ def test_delayed_messages_wait_in_redis_not_in_memory(shared: tuple[str, str, An
             assert await t.fetch(["q"], 1, 0.1) == []
             (got,) = await t.fetch(["q"], 1, 2.0)
             assert got.body == b"later"
+        finally:
+            await t.close()
+
+    run(main())
+
+
+def test_delayed_message_for_a_queue_no_celeriac_consumer_serves_goes_there_at_once(
+    shared: tuple[str, str, Any],
+) -> None:
+    url, prefix, raw = shared
+
+    async def main() -> None:
+        t = await opened(url, global_keyprefix=prefix)
+        try:
+            # Given a queue only Celery workers consume (no celeriac fetch marked it)
+            await t.publish([Outgoing(message(b"eta"), "", "celery-only", time.time() + 60)])
+            # Then the message waits in the queue itself, where a Celery worker finds it
+            # and holds it until the eta in its headers, as Celery does
+            assert raw.llen(f"{prefix}celery-only") == 1
+            assert raw.zcard(f"{prefix}_celeriac.delayed.celery-only") == 0
+            # And once a celeriac consumer serves a queue, delayed messages wait in Redis
+            assert await t.fetch(["served"], 1, 0.01) == []
+            await t.publish([Outgoing(message(b"eta"), "", "served", time.time() + 60)])
+            assert raw.zcard(f"{prefix}_celeriac.delayed.served") == 1
+            assert raw.llen(f"{prefix}served") == 0
         finally:
             await t.close()
 

@@ -14,6 +14,11 @@ unacked. The scripts keep kombu's keys exactly (queue lists and priority sub-lis
 * ``_celeriac.lease`` (sorted set): tag -> lease deadline of every celeriac claim, judged
   by the server clock. kombu peers keep judging by ``unacked_index`` and their own timeout.
 * ``_celeriac.delayed.<queue>`` (sorted set): ``"<step>|<envelope>"`` -> not-before time.
+  Used only while ``_celeriac.consumers.<queue>`` exists (a celeriac consumer fetched from
+  the queue in the last :data:`PRESENCE_SECONDS`): only celeriac moves due messages out of
+  it. With no celeriac consumer, a delayed message goes to the queue at once, as kombu
+  puts it, and the consumer holds it until the ``eta`` its headers carry (Celery workers
+  do), so a queue served by Celery workers alone still runs it.
 * ``_celeriac.ttl.<queue>`` (sorted set): tag -> time after which the waiting message is
   dropped (queues declared with ``message_ttl``).
 * ``_celeriac.queue.<queue>`` (hash): ``expires`` and ``ttl`` in ms, ``bindings`` (JSON
@@ -44,8 +49,13 @@ __all__ = [
     "RESTORE_SCAN",
 ]
 
+#: Seconds a fetch marks its queues as served by a celeriac consumer.
+PRESENCE_SECONDS = 120
+
 _PRELUDE = r"""
 local P, SEP = ARGV[1], ARGV[2]
+local PRESENCE = """ + str(PRESENCE_SECONDS) + r"""
+
 local STEPS = {}
 for s in string.gmatch(ARGV[3], '[^,]+') do STEPS[#STEPS + 1] = s end
 local T = redis.call('TIME')
@@ -84,6 +94,24 @@ end
 local function is_dead(q)
   local d = redis.call('ZSCORE', EXPIRING, q)
   return d and tonumber(d) < NOW
+end
+
+local function consumers_key(q)
+  return P .. '_celeriac.consumers.' .. q
+end
+
+-- Move due delayed messages of a queue to its lists (at most 1000 per call).
+local function promote(q)
+  local dkey = P .. '_celeriac.delayed.' .. q
+  local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', NOW, 'LIMIT', 0, 1000)
+  if #due > 0 then
+    for _, m in ipairs(due) do
+      local bar = string.find(m, '|', 1, true)
+      redis.call('LPUSH', list_key(q, string.sub(m, 1, bar - 1)), string.sub(m, bar + 1))
+    end
+    redis.call('ZREM', dkey, unpack(due))
+  end
+  return #due
 end
 """
 
@@ -147,7 +175,9 @@ local function queue_info(q)
       remove_queue(q)
       info = false
     else
-      info = {expires = expires, ttl = ttl}
+      info = {expires = expires, ttl = ttl,
+              served = redis.call('EXISTS', consumers_key(q)) == 1}
+      if promote(q) > 0 then ready[q] = true end
     end
     infos[q] = info
   end
@@ -185,7 +215,7 @@ for _ = 1, count do
       local info = queue_info(q)
       if info then
         local since = NOW
-        if nb and nb > NOW then
+        if nb and nb > NOW and info.served then
           redis.call('ZADD', P .. '_celeriac.delayed.' .. q, nb, step .. '|' .. env)
           since = nb
         elseif redis.call('LPUSH', list_key(q, step), env) == 1 then
@@ -270,15 +300,8 @@ for x = 1, nq do
   if alive then
     queues[#queues + 1] = q
     ttlq[q] = redis.call('EXISTS', P .. '_celeriac.ttl.' .. q) == 1
-    local dkey = P .. '_celeriac.delayed.' .. q
-    local due = redis.call('ZRANGEBYSCORE', dkey, '-inf', NOW, 'LIMIT', 0, 1000)
-    if #due > 0 then
-      for _, m in ipairs(due) do
-        local bar = string.find(m, '|', 1, true)
-        redis.call('LPUSH', list_key(q, string.sub(m, 1, bar - 1)), string.sub(m, bar + 1))
-      end
-      redis.call('ZREM', dkey, unpack(due))
-    end
+    redis.call('SET', consumers_key(q), '1', 'EX', PRESENCE)
+    promote(q)
   end
 end
 
