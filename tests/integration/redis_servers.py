@@ -17,7 +17,13 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["RedisServer", "SentinelServer", "free_port", "redis_server_binary"]
+__all__ = [
+    "RedisServer",
+    "SentinelServer",
+    "TlsRedisServer",
+    "free_port",
+    "redis_server_binary",
+]
 
 
 def redis_server_binary() -> str:
@@ -102,6 +108,62 @@ class SentinelServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        _wait_for_port(self.port)
+        return self
+
+    def stop(self) -> None:
+        process, self.process = self.process, None
+        if process is not None:
+            process.kill()
+            process.wait(10)
+
+
+def _openssl(*args: str, cwd: Path) -> None:
+    binary = shutil.which("openssl")
+    if binary is None:
+        reason = "openssl is not installed (needed to make test certificates)"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    subprocess.run([binary, *args], cwd=cwd, check=True, capture_output=True)
+
+
+class TlsRedisServer:
+    """A ``redis-server`` speaking only TLS, with a throwaway CA and server certificate."""
+
+    def __init__(self, directory: Path) -> None:
+        self.binary = redis_server_binary()
+        self.directory = directory
+        self.port = free_port()
+        self.ca = directory / "ca.crt"
+        _openssl(
+            "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key",
+            "-out", "ca.crt", "-days", "2", "-subj", "/CN=celeriac-test-ca", cwd=directory,
+        )  # fmt: skip
+        _openssl(
+            "req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key",
+            "-out", "server.csr", "-subj", "/CN=127.0.0.1", cwd=directory,
+        )  # fmt: skip
+        (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+        _openssl(
+            "x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-out", "server.crt", "-days", "2", "-extfile", "ext.cnf",
+            cwd=directory,
+        )  # fmt: skip
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> TlsRedisServer:
+        d = self.directory
+        self.process = subprocess.Popen(
+            [
+                self.binary, "--port", "0", "--tls-port", str(self.port),
+                "--bind", "127.0.0.1", "--tls-cert-file", str(d / "server.crt"),
+                "--tls-key-file", str(d / "server.key"), "--tls-ca-cert-file", str(self.ca),
+                "--tls-auth-clients", "no", "--save", "", "--dir", str(d),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
         _wait_for_port(self.port)
         return self
 

@@ -18,7 +18,7 @@ from celeriac.messaging import Connection, Consumer, Exchange, Message, Queue
 from celeriac.messaging.transports.base import Outgoing
 
 from .conftest import require_transport
-from .redis_servers import RedisServer, SentinelServer
+from .redis_servers import RedisServer, SentinelServer, TlsRedisServer
 
 pytestmark = pytest.mark.redis
 
@@ -228,6 +228,28 @@ def test_unix_socket_url(private_redis: RedisServer) -> None:
             await t.close()
 
     run(main())
+
+
+def test_rediss_url_verifies_the_server_certificate(tmp_path: Path) -> None:
+    server = TlsRedisServer(tmp_path).start()
+    try:
+
+        async def main() -> None:
+            base = f"rediss://127.0.0.1:{server.port}/0"
+            t = await opened(f"{base}?ssl_cert_reqs=required&ssl_ca_certs={server.ca}")
+            try:
+                await t.publish([Outgoing(message(b"tls"), "", "q")])
+                assert [m.body for m in await t.fetch(["q"], 1, 1.0)] == [b"tls"]
+            finally:
+                await t.close()
+            # A server certificate nobody vouched for is refused, not trusted silently
+            untrusted = RedisTransport(f"{base}?ssl_cert_reqs=required", {})
+            with pytest.raises(ConnectionBrokenError, match="certificate verify failed"):
+                await untrusted.connect()
+
+        run(main())
+    finally:
+        server.stop()
 
 
 def test_sentinel_url_finds_the_master(tmp_path: Path, private_redis: RedisServer) -> None:
