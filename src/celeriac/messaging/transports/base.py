@@ -113,6 +113,9 @@ class Transport(abc.ABC):
     #: True where the broker serves lower priority numbers first (Celery on Redis);
     #: otherwise higher numbers go first, as on RabbitMQ.
     lower_priority_first: ClassVar[bool] = False
+    #: Type of the ``celeryev`` events exchange on this broker: topic, as Celery declares
+    #: it on AMQP, unless the broker routes events by PUB/SUB (fanout, Celery on Redis).
+    event_exchange_type: ClassVar[str] = "topic"
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         self.url = url

@@ -118,6 +118,8 @@ class RedisTransport(Transport):
     supports_delayed_delivery: ClassVar[bool] = True
     #: Lower priority numbers are served first, as kombu does on Redis.
     lower_priority_first: ClassVar[bool] = True
+    #: Celery switches its events exchange to fanout on Redis; peers must agree.
+    event_exchange_type: ClassVar[str] = "fanout"
 
     def __init__(self, url: str, options: Mapping[str, Any] | None = None) -> None:
         super().__init__(url, options)
