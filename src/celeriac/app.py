@@ -145,6 +145,10 @@ class Celeriac:
         self._locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
             weakref.WeakKeyDictionary()
         )
+        #: Per loop: the dispatcher of ``task-sent`` events (``task_send_sent_event``).
+        self._event_dispatchers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Any] = (
+            weakref.WeakKeyDictionary()
+        )
         for fun, opts in _shared_tasks:
             self._register(fun, opts)
         _all_apps.add(self)
@@ -296,6 +300,7 @@ class Celeriac:
         loop = asyncio.get_running_loop()
         conn = self._connections.pop(loop, None)
         self._producers.pop(loop, None)
+        self._event_dispatchers.pop(loop, None)
         backend = self._backends.pop(loop, None)
         if conn is not None:
             await conn.close()
@@ -340,6 +345,11 @@ class Celeriac:
 
         outgoing, route, task_id = self.build_outgoing(name, args, kwargs, **options)
         producer = await self.get_producer()
+        if self.conf.task_send_sent_event:
+            # The task and its task-sent event leave in one broker call.
+            sent = await self._task_sent_event(outgoing, route, name)
+            await producer.publish_many((outgoing, sent), declare=(route.queue,))
+            return AsyncResult(task_id, app=self, task_name=name)
         await producer.publish(
             outgoing.message,
             outgoing.exchange,
@@ -348,6 +358,42 @@ class Celeriac:
             declare=(route.queue,),
         )
         return AsyncResult(task_id, app=self, task_name=name)
+
+    async def _task_sent_event(self, outgoing: Any, route: Any, name: str) -> Any:
+        """The ``task-sent`` event message for a task message about to be published."""
+        loop = asyncio.get_running_loop()
+        dispatcher = self._event_dispatchers.get(loop)
+        if dispatcher is None:
+            # Imported here, as Worker() imports the worker: events sit above the app.
+            from .events.dispatcher import EventDispatcher
+
+            conf = self.conf
+            dispatcher = EventDispatcher(
+                await self.get_connection(),
+                exchange=conf.event_exchange or "celeryev",
+                serializer=conf.event_serializer or "json",
+            )
+            await dispatcher.attach()
+            self._event_dispatchers[loop] = dispatcher
+        headers = outgoing.message.headers
+        event = dispatcher.stamp(
+            "task-sent",
+            {
+                "uuid": headers.get("id"),
+                "root_id": headers.get("root_id"),
+                "parent_id": headers.get("parent_id"),
+                "name": name,
+                "args": headers.get("argsrepr"),
+                "kwargs": headers.get("kwargsrepr"),
+                "retries": headers.get("retries") or 0,
+                "eta": headers.get("eta"),
+                "expires": headers.get("expires"),
+                "queue": route.queue.name,
+                "exchange": outgoing.exchange,
+                "routing_key": outgoing.routing_key,
+            },
+        )
+        return dispatcher.outgoing(event)
 
     def build_outgoing(
         self,

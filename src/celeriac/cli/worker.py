@@ -51,6 +51,9 @@ def _csv(ctx: click.Context, param: click.Parameter, value: tuple[str, ...] | No
 @click.option(
     "--purge", "--discard", "purge", is_flag=True, help="Purge the queues before starting."
 )
+@click.option(
+    "-E", "--task-events", is_flag=True, help="Send task events (worker_send_task_events)."
+)
 @click.option("--print-boot-graph", is_flag=True, help="Print the bootstep order and exit.")
 @click.pass_obj
 def worker(
@@ -66,6 +69,7 @@ def worker(
     time_limit: float | None,
     soft_time_limit: float | None,
     purge: bool,
+    task_events: bool,
     print_boot_graph: bool,
 ) -> None:
     """Start a worker that executes tasks from the broker."""
@@ -75,6 +79,8 @@ def worker(
         app.conf.task_time_limit = time_limit
     if soft_time_limit is not None:
         app.conf.task_soft_time_limit = soft_time_limit
+    if task_events:
+        app.conf.worker_send_task_events = True
     if pool == "processes":
         pool = "prefork"
     w = app.Worker(

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import states
 from ..exceptions import Retry, TaskRevokedError
+from ..utils.saferepr import saferepr
 from .pools.base import Job, Outcome
 
 if TYPE_CHECKING:
@@ -153,6 +154,9 @@ class Request:
         self.worker_pid = pid
         self.time_start = consumer.loop.time()
         consumer.state.task_started(self)
+        events = consumer.task_events
+        if events is not None:
+            events.send("task-started", uuid=self.id)
         if not self.task.acks_late:
             self.acknowledge()
         if self.task.track_started and not self.tm.ignore_result:
@@ -171,6 +175,8 @@ class Request:
             self.on_failure(outcome)
         elif state == states.REJECTED:
             self.reject(requeue=outcome.requeue)
+            if consumer.task_events is not None:
+                consumer.task_events.send("task-rejected", uuid=self.id, requeue=outcome.requeue)
             consumer.store_result(self, states.REJECTED, outcome.exc)
         else:  # IGNORED
             self.acknowledge()
@@ -184,6 +190,14 @@ class Request:
                 self.id,
                 outcome.runtime,
                 outcome.retval,
+            )
+        events = consumer.task_events
+        if events is not None:
+            events.send(
+                "task-succeeded",
+                uuid=self.id,
+                result=saferepr(outcome.retval, 1024),
+                runtime=outcome.runtime,
             )
         tm = self.tm
         if tm.callbacks or tm.chain:
@@ -201,6 +215,13 @@ class Request:
         assert isinstance(retry, Retry)
         consumer = self.consumer
         logger.info("Task %s[%s] retry: %s", self.name, self.id, retry)
+        if consumer.task_events is not None:
+            consumer.task_events.send(
+                "task-retried",
+                uuid=self.id,
+                exception=saferepr(retry.exc),
+                traceback=outcome.traceback,
+            )
         consumer.send_retry(self, retry, after=self.acknowledge)
         if not self.tm.ignore_result:
             consumer.store_result(
@@ -229,6 +250,10 @@ class Request:
             exc,
             outcome.traceback or "",
         )
+        if consumer.task_events is not None:
+            consumer.task_events.send(
+                "task-failed", uuid=self.id, exception=saferepr(exc), traceback=outcome.traceback
+            )
         if self.tm.errbacks:
             consumer.send_errbacks(self)
         store = not self.tm.ignore_result or task.store_errors_even_if_ignored
@@ -253,6 +278,14 @@ class Request:
         consumer = self.consumer
         logger.warning("Discarding %s task %s[%s]", reason, self.name, self.id)
         consumer.state.task_finished(self)
+        if consumer.task_events is not None:
+            consumer.task_events.send(
+                "task-revoked",
+                uuid=self.id,
+                terminated=False,
+                signum=None,
+                expired=reason == "expired",
+            )
         exc = TaskRevokedError(reason)
         if not self.tm.ignore_result or self.task.store_errors_even_if_ignored:
             consumer.store_result(self, states.REVOKED, exc, after=self.acknowledge)

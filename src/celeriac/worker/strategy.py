@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ..exceptions import DecodeError
 from ..protocol import decode_task_message
 from ..utils.ratelimit import TokenBucket, parse_rate
+from .consumer.events import task_received_fields
 from .request import Request
 
 if TYPE_CHECKING:
@@ -94,6 +95,9 @@ def default_strategy(task: Task[Any, Any], consumer: Consumer) -> Strategy:
         if tm.expires is not None and request.is_expired():
             request.revoked("expired")
             return
+        events = consumer.task_events
+        if events is not None:
+            events.send("task-received", **task_received_fields(tm))
         state.task_reserved(request)
         eta = tm.eta
         if eta is not None and eta > datetime.now(UTC):

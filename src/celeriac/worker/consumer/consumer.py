@@ -37,6 +37,7 @@ from ..bootsteps import Blueprint
 from ..strategy import Strategy, default_strategy
 
 if TYPE_CHECKING:
+    from ...events.dispatcher import EventDispatcher
     from ...messaging.connection import Connection
     from ...messaging.consumer import Consumer as MessageConsumer
     from ...messaging.message import Message
@@ -56,6 +57,8 @@ class ConsumerBlueprint(Blueprint):
     name = "consumer"
     default_steps = {
         "celeriac.worker.consumer.steps:Connection",
+        "celeriac.worker.consumer.events:Events",
+        "celeriac.worker.consumer.events:Heart",
         "celeriac.worker.consumer.steps:Tasks",
         "celeriac.worker.consumer.steps:Evloop",
     }
@@ -63,6 +66,12 @@ class ConsumerBlueprint(Blueprint):
 
 class Consumer:
     """Consumes task messages for one worker; see module docstring."""
+
+    #: The worker's event dispatcher (set by the Events step).
+    event_dispatcher: EventDispatcher | None = None
+    #: The dispatcher when task events are on (``-E``), else None: the hot path checks
+    #: this one attribute before building any task event.
+    task_events: EventDispatcher | None = None
 
     def __init__(self, worker: WorkController) -> None:
         self.worker = worker
@@ -237,6 +246,8 @@ class Consumer:
             exc = NotRegistered(name)
             meta = make_meta(task_id, states.FAILURE, exc)
             self.results.add((task_id, meta))
+            if self.task_events is not None:
+                self.task_events.send("task-failed", uuid=task_id, exception=repr(exc))
         self.quarantine(message, f"unregistered task {name!r}")
 
     def on_invalid_message(self, message: Message, exc: DecodeError) -> None:

@@ -45,7 +45,8 @@ class Tasks(Step):
     """Consumes the task queues with the prefetch limit, feeding ``on_task_received``."""
 
     label = "Tasks"
-    requires = (Connection,)
+    # After Events, so worker-online goes out before the first task event.
+    requires = (Connection, "celeriac.worker.consumer.events:Events")
 
     def __init__(self, parent: object, **kwargs: object) -> None:
         super().__init__(parent, **kwargs)

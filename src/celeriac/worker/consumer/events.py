@@ -1,0 +1,173 @@
+"""The consumer's Events and Heart steps: the worker's side of the event stream.
+
+**Events** owns the worker's :class:`~celeriac.events.EventDispatcher`. Worker events
+(``worker-online``, ``worker-heartbeat``, ``worker-offline``) are always sent, as Celery's
+worker does while its heartbeat is on; task events only with ``-E`` /
+``worker_send_task_events``, as the ``task`` group. Task events are packed into one
+``task.multi`` message per loop iteration (at most ``buffer_limit`` per pack) and every
+event of an iteration goes out in one broker call, so events cost a worker one publish per
+iteration, not one per task.
+
+The dispatcher outlives connection losses: while the consumer blueprint restarts, events
+wait in its bounded offline buffer and go out once the new connection is attached.
+
+**Heart** sends ``worker-heartbeat`` every ``freq`` seconds (2.0, Celery's
+``--heartbeat-interval`` default), so monitors keep the worker marked alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import platform
+from typing import TYPE_CHECKING, Any
+
+from ... import __version__
+from ...events.dispatcher import EventDispatcher
+from ...utils.saferepr import saferepr
+from ..bootsteps import Step
+from .steps import Connection
+
+if TYPE_CHECKING:
+    from ...protocol import TaskMessage
+    from .consumer import Consumer
+
+__all__ = ["Events", "Heart", "task_received_fields", "worker_fields", "HEARTBEAT_FREQ"]
+
+logger = logging.getLogger("celeriac.worker.events")
+
+#: Seconds between two ``worker-heartbeat`` events (Celery's default).
+HEARTBEAT_FREQ = 2.0
+#: ``sw_ident`` of our worker events (Celery's workers send ``py-celery``).
+SW_IDENT = "py-celeriac"
+SW_SYS = platform.system()
+#: Longest repr of args, kwargs and results in events (Celery's limit).
+REPR_MAXLEN = 1024
+
+
+def task_received_fields(tm: TaskMessage) -> dict[str, Any]:
+    """The fields of ``task-received`` for a decoded task message (spec section 4.4)."""
+    headers = tm.headers
+    return {
+        "uuid": tm.id,
+        "name": tm.shadow or tm.name,
+        "args": tm.argsrepr if tm.argsrepr is not None else saferepr(tm.args, REPR_MAXLEN),
+        "kwargs": tm.kwargsrepr if tm.kwargsrepr is not None else saferepr(tm.kwargs, REPR_MAXLEN),
+        "root_id": tm.root_id,
+        "parent_id": tm.parent_id,
+        "retries": tm.retries,
+        "eta": headers.get("eta"),
+        "expires": headers.get("expires"),
+    }
+
+
+def _loadavg() -> list[float]:
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:  # not available on this platform
+        return [0.0, 0.0, 0.0]
+
+
+def worker_fields(c: Consumer, freq: float = HEARTBEAT_FREQ) -> dict[str, Any]:
+    """The payload of worker events (Celery's heartbeat fields)."""
+    state = c.state
+    return {
+        "freq": freq,
+        "active": len(state.active),
+        "processed": state.all_total_count,
+        "loadavg": _loadavg(),
+        "sw_ident": SW_IDENT,
+        "sw_ver": __version__,
+        "sw_sys": SW_SYS,
+    }
+
+
+class Events(Step):
+    """Owns the event dispatcher; sends worker-online at start and worker-offline at stop."""
+
+    label = "Events"
+    requires = (Connection,)
+
+    def __init__(self, parent: Consumer, **kwargs: object) -> None:
+        super().__init__(parent, **kwargs)
+        conf = parent.app.conf
+        self.send_task_events = bool(conf.worker_send_task_events)
+        # Made now, not at start: events produced before the first connection (or during
+        # a restart) wait in the dispatcher's offline buffer.
+        self.dispatcher = EventDispatcher(
+            None,
+            parent.hostname,
+            groups=None if self.send_task_events else ["worker"],
+            buffer_group=["task"],
+            buffer_limit=24,
+            exchange=conf.event_exchange or "celeryev",
+            serializer=conf.event_serializer or "json",
+        )
+        parent.event_dispatcher = self.dispatcher
+        parent.task_events = self.dispatcher if self.send_task_events else None
+        self.dispatcher.on_enabled.append(lambda: self._switched(parent, True))
+        self.dispatcher.on_disabled.append(lambda: self._switched(parent, False))
+        self._online = False
+        self._final = False
+
+    def _switched(self, c: Consumer, enabled: bool) -> None:
+        c.task_events = self.dispatcher if enabled and self.send_task_events else None
+
+    async def start(self, c: Consumer) -> None:
+        assert c.connection is not None
+        await self.dispatcher.attach(c.connection)
+        if not self._online:
+            self._online = True
+            self.dispatcher.send("worker-online", **worker_fields(c))
+
+    def close(self, c: Consumer) -> None:
+        self._final = True  # close runs only when the consumer stops for good
+
+    async def stop(self, c: Consumer) -> None:
+        dispatcher = self.dispatcher
+        if c.connection is not None and c.connection.is_connected:
+            if self._final and self._online:
+                self._online = False
+                dispatcher.send("worker-offline", **worker_fields(c))
+            try:
+                async with asyncio.timeout(5.0):
+                    await dispatcher.flush()
+            except TimeoutError:
+                logger.warning("events: gave up flushing %d event(s) at stop", dispatcher.offline)
+        dispatcher.detach()
+
+    def info(self, c: Consumer) -> dict[str, Any]:
+        stats = self.dispatcher.statistics()
+        return {"events": {"sent": stats.sent, "offline": stats.offline, "dropped": stats.dropped}}
+
+
+class Heart(Step):
+    """Sends ``worker-heartbeat`` every ``freq`` seconds while the consumer runs."""
+
+    label = "Heart"
+    requires = (Events,)
+
+    def __init__(self, parent: Consumer, **kwargs: object) -> None:
+        super().__init__(parent, **kwargs)
+        self.freq = HEARTBEAT_FREQ
+        self.task: asyncio.Task[None] | None = None
+
+    async def start(self, c: Consumer) -> None:
+        self.task = asyncio.ensure_future(self._beat(c))
+
+    async def _beat(self, c: Consumer) -> None:
+        dispatcher = c.event_dispatcher
+        assert dispatcher is not None
+        while True:
+            await asyncio.sleep(self.freq)
+            dispatcher.send("worker-heartbeat", **worker_fields(c, self.freq))
+
+    async def stop(self, c: Consumer) -> None:
+        task, self.task = self.task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
