@@ -1,0 +1,429 @@
+"""One measurement each, for celeriac and Celery 5 on the same broker (used by ``compare.py``).
+
+Every function here starts from a flushed broker database and a zeroed counter, measures
+one thing once and returns numbers; ``compare.py`` decides the order and the repetitions.
+Workers are subprocesses (``celeriac worker`` / ``celery worker``) in their own process
+groups; executions are counted outside them (:mod:`_redis_counter`).
+
+Messages for the drain and memory figures are queued with celeriac's bulk publish on both
+sides: the workers read the same bytes (celeriac writes Celery's wire format), and
+queueing 20,000 tasks with Celery's ``delay()`` would take longer than draining them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+import redis
+
+import _compare_celeriac
+import _redis_counter
+from celeriac.utils import portal
+
+#: Directory of the benchmark scripts; worker subprocesses import the app modules from it.
+BENCH_DIR = Path(__file__).resolve().parent
+#: Seconds to wait after the last expected execution for a duplicate to show up.
+SETTLE = 0.3
+#: Seconds without a new execution after which a drain is declared stuck.
+STALL = 30.0
+#: Celery worker options: no broadcast traffic, which celeriac has no counterpart of yet.
+CELERY_WORKER_FLAGS = ("--without-gossip", "--without-mingle", "--without-heartbeat")
+
+
+class BenchError(RuntimeError):
+    """A measurement that produced no valid figure (timeout, miscount, dead worker)."""
+
+
+class Interference(BenchError):
+    """Something outside the benchmark emptied its Redis databases during a measurement."""
+
+
+#: Key set in the broker's and the counter's database at every reset; gone means flushed.
+SENTINEL = "bench:sentinel"
+
+
+@dataclass
+class Broker:
+    """Where one measurement runs: broker and backend URLs, and the counter's Redis."""
+
+    transport: str
+    url: str
+    backend: str
+    counter: redis.Redis
+    counter_url: str
+    raw: redis.Redis | None = None  # the broker's database, for Redis brokers
+    scratch: Path | None = None
+    token: str = ""
+
+    def reset(self) -> None:
+        """Empty the broker (Redis: FLUSHDB) and zero the counter; mark both databases."""
+        self.token = f"{os.getpid()}-{time.monotonic_ns()}"
+        if self.raw is not None:
+            self.raw.flushdb()
+            self.raw.set(SENTINEL, self.token)
+        _redis_counter.reset(self.counter)
+        self.counter.set(SENTINEL, self.token)
+
+    def check_untouched(self) -> None:
+        """Raise :class:`Interference` if a database was flushed since :meth:`reset`."""
+        gone = [name for name, client in (("broker", self.raw), ("counter", self.counter))
+                if client is not None and client.get(SENTINEL) != self.token.encode()]
+        if gone:
+            raise Interference(
+                f"the {' and '.join(gone)} database(s) were emptied by something outside the "
+                "benchmark during this measurement (FLUSHALL/FLUSHDB by another client?)")
+
+    def backlog(self) -> str:
+        """Where the unfinished tasks are, for error messages."""
+        if self.raw is None:
+            return ""
+        try:
+            return (f" (queue 'celery' holds {self.raw.llen('celery')}, "
+                    f"unacked {self.raw.hlen('unacked')})")
+        except redis.RedisError as exc:
+            return f" (queue unreadable: {exc})"
+
+
+def redis_broker(url: str, counter_url: str) -> Broker:
+    return Broker("redis", url, url, redis.Redis.from_url(counter_url), counter_url,
+                  raw=redis.Redis.from_url(url))
+
+
+def sqlite_broker(counter_url: str) -> Broker:
+    """A fresh SQLite broker file (and result store) in a temporary directory."""
+    scratch = Path(tempfile.mkdtemp(prefix="celeriac-compare-"))
+    url = f"sqlite:///{scratch / 'broker.db'}"
+    return Broker("sqlite", url, url, redis.Redis.from_url(counter_url), counter_url,
+                  scratch=scratch)
+
+
+def memory_broker(counter_url: str) -> Broker:
+    url = f"memory://compare-{os.getpid()}-{time.monotonic_ns()}"
+    return Broker("memory", url, url, redis.Redis.from_url(counter_url), counter_url)
+
+
+def drop(broker: Broker) -> None:
+    if broker.scratch is not None:
+        shutil.rmtree(broker.scratch, ignore_errors=True)
+
+
+# -- worker subprocesses ---------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """A worker subprocess in its own process group."""
+
+    side: str
+    popen: subprocess.Popen[bytes]
+    log: Path
+    started: float  # epoch seconds at spawn
+    args: list[str] = field(default_factory=list)
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def rss(self) -> int:
+        """Resident bytes of the worker and all its children (pool processes)."""
+        root = psutil.Process(self.popen.pid)
+        total = 0
+        for proc in (root, *root.children(recursive=True)):
+            try:
+                total += proc.memory_info().rss
+            except psutil.NoSuchProcess:
+                pass
+        return total
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """Warm shutdown; the whole group is killed if it has not exited in ``timeout`` s."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+        try:
+            self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pass
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait()
+        self.log.unlink(missing_ok=True)
+
+
+#: Extra command-line arguments for each side's worker (``compare.py --worker-args``).
+WORKER_ARGS: dict[str, list[str]] = {"celeriac": [], "celery": []}
+
+
+def spawn(side: str, broker: Broker, pool: str, concurrency: int) -> Worker:
+    """Start ``celeriac worker`` or ``celery worker`` on ``broker``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERIAC_", "CELERY_"))}
+    env.update(
+        BENCH_BROKER_URL=broker.url,
+        BENCH_RESULT_BACKEND=broker.backend,
+        BENCH_COUNTER_URL=broker.counter_url,
+        PYTHONPATH=os.pathsep.join(p for p in (str(BENCH_DIR), env.get("PYTHONPATH")) if p),
+    )
+    node = f"bench-{side}-{pool}@%h"
+    if side == "celeriac":
+        args = [sys.executable, "-m", "celeriac", "-A", "_compare_celeriac", "-q", "worker",
+                "-P", pool, "-c", str(concurrency), "-l", "warning", "-n", node]
+    else:
+        args = [sys.executable, "-m", "celery", "-A", "_compare_celery", "-q", "worker",
+                "-P", pool, "-c", str(concurrency), "-l", "warning", "-n", node,
+                *CELERY_WORKER_FLAGS]
+    args += WORKER_ARGS[side]
+    fd, log_name = tempfile.mkstemp(prefix=f"compare-{side}-", suffix=".log")
+    with os.fdopen(fd, "wb") as out:
+        started = time.time()
+        popen = subprocess.Popen(args, cwd=BENCH_DIR, env=env, stdout=out,
+                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                 start_new_session=True)
+    return Worker(side, popen, Path(log_name), started, args)
+
+
+def wait_for(broker: Broker, worker: Worker, n: int, timeout: float,
+             stall: float = STALL) -> _redis_counter.Count:
+    """Poll the counter until ``n`` executions, then check that no more than ``n`` ran.
+
+    Gives up after ``timeout`` s, or after ``stall`` s without a single new execution.
+    """
+    deadline = time.monotonic() + timeout
+    seen, progressed = -1, time.monotonic()
+    while True:
+        count = _redis_counter.read(broker.counter)
+        if count.total >= n:
+            break
+        now = time.monotonic()
+        if count.total != seen:
+            seen, progressed = count.total, now
+        problem = ""
+        if not worker.alive():
+            problem = f"worker exited ({worker.popen.returncode})"
+        elif now > deadline:
+            problem = f"timeout after {timeout:.0f} s"
+        elif now - progressed > stall:
+            problem = f"no progress for {stall:.0f} s"
+        if problem:
+            broker.check_untouched()
+            raise BenchError(f"{worker.side}: {problem} at {count.total} of {n} executions"
+                             f"{broker.backlog()}:\n{worker.tail()}")
+        time.sleep(0.005)
+    time.sleep(SETTLE)
+    final = _redis_counter.read(broker.counter)
+    broker.check_untouched()
+    if final.total != n:
+        raise BenchError(f"{worker.side}: {final.total} executions for {n} tasks")
+    return count
+
+
+def drain_timeout(n: int) -> float:
+    return max(120.0, n / 200)
+
+
+# -- queueing and enqueue rates --------------------------------------------------------------
+
+
+def client(broker: Broker) -> Any:
+    return _compare_celeriac.make_app(broker.url, broker.backend, name="bench-client")
+
+
+def bulk_publish(app: Any, name: str, n: int, batch: int) -> float:
+    """Publish ``n`` calls of ``name`` with ``Producer.publish_many``; messages per second.
+
+    The message is built by ``app.build_outgoing`` (what ``delay`` builds, without I/O), so
+    this is the bulk path a user has today: build many, publish them in one broker call.
+    """
+
+    async def run() -> float:
+        producer = await app.get_producer()
+        first, route, _ = app.build_outgoing(name)
+        declare = (route.queue,)
+        await producer.publish_many([first], declare=declare)  # connect, declare
+        remaining = n - 1
+        started = time.perf_counter()
+        while remaining > 0:
+            size = min(batch, remaining)
+            outgoing = [app.build_outgoing(name)[0] for _ in range(size)]
+            await producer.publish_many(outgoing, declare=declare)
+            remaining -= size
+        return n / max(time.perf_counter() - started, 1e-9)
+
+    return portal.run(run())
+
+
+def enqueue(side: str, broker: Broker, path: str, n: int, batch: int) -> float:
+    """Tasks per second through one enqueue path, no worker running."""
+    broker.reset()
+    if side == "celery":
+        return _celery_delay(broker, n)
+    app = client(broker)
+    try:
+        task = app.tasks["bench.noop"]
+        if path == "delay":
+            task.delay()  # connect and declare before the clock starts
+            started = time.perf_counter()
+            for _ in range(n):
+                task.delay()
+            return n / (time.perf_counter() - started)
+        if path == "adelay":
+            return asyncio.run(_adelay(app, task, n))
+        return bulk_publish(app, "bench.noop", n, batch)
+    finally:
+        app.close()
+
+
+async def _adelay(app: Any, task: Any, n: int) -> float:
+    try:
+        await task.adelay()
+        started = time.perf_counter()
+        for _ in range(n):
+            await task.adelay()
+        return n / (time.perf_counter() - started)
+    finally:
+        await app.aclose()
+
+
+def _celery_app(broker: Broker) -> Any:
+    import _compare_celery
+
+    return _compare_celery.make_app(broker.url, broker.backend, name="bench-client")
+
+
+def _celery_delay(broker: Broker, n: int) -> float:
+    app = _celery_app(broker)
+    try:
+        task = app.tasks["bench.noop"]
+        task.delay()
+        started = time.perf_counter()
+        for _ in range(n):
+            task.delay()
+        return n / (time.perf_counter() - started)
+    finally:
+        app.close()
+
+
+# -- drain -----------------------------------------------------------------------------------
+
+
+def drain(side: str, broker: Broker, pool: str, concurrency: int, stored: bool, n: int,
+          batch: int, native_celery_queue: bool = False) -> tuple[float, float]:
+    """Queue ``n`` no-op tasks, then start a worker: (first-to-last rate, incl. start-up).
+
+    With ``native_celery_queue`` the tasks for a Celery worker are queued by Celery's own
+    ``delay()`` instead of celeriac's bulk publish.
+    """
+    broker.reset()
+    name = _compare_celeriac.task_name(pool if side == "celeriac" else "", stored)
+    if side == "celery" and native_celery_queue:
+        capp = _celery_app(broker)
+        try:
+            call = capp.tasks[name].delay
+            for _ in range(n):
+                call()
+        finally:
+            capp.close()
+    else:
+        app = client(broker)
+        try:
+            bulk_publish(app, name, n, batch)
+        finally:
+            app.close()
+    worker = spawn(side, broker, pool, concurrency)
+    try:
+        count = wait_for(broker, worker, n, drain_timeout(n))
+    finally:
+        worker.stop()
+    return n / max(count.last - count.first, 1e-9), n / max(count.last - worker.started, 1e-9)
+
+
+# -- round trip and memory (one idle worker) -------------------------------------------------
+
+
+@dataclass
+class Session:
+    """Round-trip latencies (ms) and worker memory (bytes) of one worker run."""
+
+    latencies: list[float] = field(default_factory=list)
+    rss_start: float = float("nan")
+    rss_after: float = float("nan")
+    tasks: int = 0
+
+    def p(self, q: int) -> float:
+        if not self.latencies:
+            return float("nan")
+        ordered = sorted(self.latencies)
+        return ordered[min(len(ordered) - 1, round(q / 100 * (len(ordered) - 1)))]
+
+    @property
+    def growth_kib_per_1000(self) -> float:
+        if not self.tasks:
+            return float("nan")
+        return (self.rss_after - self.rss_start) / 1024 / (self.tasks / 1000)
+
+
+def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: int,
+                rss_n: int, batch: int) -> Session:
+    """Start a worker, time ``trips`` sequential ``delay().get()``, then feed it ``rss_n``
+    no-op tasks and measure its memory before and after."""
+    broker.reset()
+    session = Session()
+    worker = spawn(side, broker, pool, concurrency)
+    try:
+        if side == "celeriac":
+            app = client(broker)
+            call = app.tasks[_compare_celeriac.task_name(pool, True)].delay
+        else:
+            app = _celery_app(broker)
+            call = app.tasks["bench.noop_stored"].delay
+        try:
+            try:  # the first call also waits for the worker to start
+                call().get(timeout=60)
+            except Exception as exc:
+                raise BenchError(
+                    f"{side} worker never answered ({exc!r}):\n{worker.tail()}") from exc
+            for _ in range(20):  # warm connections and caches on both ends
+                call().get(timeout=10)
+            executed = 21
+            wait_for(broker, worker, executed, 30)
+            session.rss_start = worker.rss()
+            clock = time.perf_counter
+            for _ in range(trips):
+                started = clock()
+                call().get(timeout=10)
+                session.latencies.append((clock() - started) * 1000)
+            executed += trips
+        finally:
+            app.close()
+        if rss_n:
+            feeder = client(broker)
+            name = _compare_celeriac.task_name(pool if side == "celeriac" else "", False)
+            try:
+                bulk_publish(feeder, name, rss_n, batch)
+            finally:
+                feeder.close()
+            executed += rss_n
+            wait_for(broker, worker, executed, drain_timeout(rss_n))
+            time.sleep(0.5)  # let the pool return its last results
+            session.rss_after = worker.rss()
+            session.tasks = rss_n
+    finally:
+        worker.stop()
+    return session
+
