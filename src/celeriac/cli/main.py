@@ -110,10 +110,13 @@ def cli(
 
 
 def _register_commands() -> None:
+    from .events import events, snapshots
     from .tasks import call, purge, result
     from .worker import worker
 
     cli.add_command(worker)
+    cli.add_command(events)
+    cli.add_command(snapshots)
     cli.add_command(call)
     cli.add_command(result)
     cli.add_command(purge)
