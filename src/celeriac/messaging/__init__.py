@@ -7,6 +7,7 @@ Transports (``memory://``, ``sqlite://``, ``redis://``, ``amqp://``) live in
 from .connection import Connection
 from .consumer import Consumer
 from .entities import DEFAULT_EXCHANGE, Binding, Exchange, Queue, route, topic_matches
+from .mailbox import NO_REPLY, Mailbox, Node, Reply, match_node
 from .message import Acker, Message, MessageStateError
 from .producer import Producer
 from .transports import get_transport_cls
@@ -20,14 +21,19 @@ __all__ = [
     "DEFAULT_EXCHANGE",
     "Exchange",
     "ExchangeNotFound",
+    "Mailbox",
     "Message",
     "MessageStateError",
+    "NO_REPLY",
+    "Node",
     "Outgoing",
     "Producer",
     "QUARANTINE_QUEUE",
     "Queue",
+    "Reply",
     "Transport",
     "get_transport_cls",
+    "match_node",
     "route",
     "topic_matches",
 ]
