@@ -263,6 +263,7 @@ NAMESPACES: dict[str, tuple[str | None, dict[str, Option]]] = {
         "pool_start_method": ("fork", "str", None),
         "proc_alive_timeout": (4.0, "float", None),
         "prefetch_multiplier": (4, "int", None),
+        "prefetch_burst": (0.05, "float", None),
         "eta_task_limit": (None, "int", None),
         "enable_prefetch_count_reduction": (True, "bool", None),
         "disable_prefetch": (False, "bool", None),

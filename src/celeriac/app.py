@@ -31,6 +31,7 @@ from .utils import portal
 
 if TYPE_CHECKING:
     from .backends.base import Backend
+    from .control import Control
     from .result import AsyncResult
     from .routing import Router
     from .worker.worker import WorkController
@@ -495,6 +496,16 @@ class Celeriac:
         not_before = eta.timestamp() if eta is not None and eta > now else None
         outgoing = Outgoing(message, route.exchange, route.routing_key, not_before)
         return outgoing, route, task_id
+
+    @property
+    def control(self) -> Control:
+        """Remote control of this app's workers: ``app.control.inspect().active()``."""
+        control = self.__dict__.get("_control")
+        if control is None:
+            from .control import Control
+
+            control = self.__dict__["_control"] = Control(self)
+        return control
 
     def AsyncResult(self, task_id: str, task_name: str | None = None) -> AsyncResult:
         from .result import AsyncResult

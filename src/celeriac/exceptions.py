@@ -260,3 +260,9 @@ class WorkerShutdown(BaseException):
 
 class WorkerTerminate(BaseException):
     """Raised to begin a cold shutdown of the worker."""
+
+
+class Terminated(BaseException):
+    """Raised inside a task stopped by ``revoke(terminate=True)`` in a pool that cannot
+    kill it (the threads pool); it is not an :class:`Exception`, so task code that
+    catches ``Exception`` does not swallow it."""

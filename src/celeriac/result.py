@@ -303,6 +303,35 @@ class AsyncResult:
 
     # -- forgetting -------------------------------------------------------------------------
 
+    def revoke(
+        self,
+        connection: Any = None,
+        terminate: bool = False,
+        signal: str | int = "SIGTERM",
+        wait: bool = False,
+        timeout: float | None = None,
+    ) -> None:
+        """Tell the workers not to run this task; ``terminate=True`` stops it if running.
+
+        Args:
+            connection: Accepted for Celery compatibility; unused.
+            terminate: Also stop a running execution (kill its child process on prefork).
+            signal: The signal sent to the child process that runs it.
+            wait: Wait for the workers' replies (``timeout`` seconds).
+        """
+        self.app.control.revoke(
+            self.id,
+            terminate=terminate,
+            signal=signal,
+            reply=wait,
+            timeout=timeout if timeout is not None else 1.0,
+        )
+
+    async def revoke_async(
+        self, terminate: bool = False, signal: str | int = "SIGTERM"
+    ) -> None:
+        await self.app.control.arevoke(self.id, terminate=terminate, signal=signal)
+
     def forget(self) -> None:
         """Delete the stored result (it reads as PENDING afterwards)."""
         portal.run(self.forget_async())

@@ -37,6 +37,8 @@ class Consumer:
             ``prefetch_count`` and its lease is kept alive.
         prefetch_count: Most messages held unsettled at once (at least 1). Settable
             while running.
+        burst: Messages that may be held beyond ``prefetch_count`` (default 0); a
+            worker raises it while tasks are short, so it claims in bigger batches.
         fetch_timeout: Longest single wait for messages; :meth:`stop` takes effect
             within this many seconds.
     """
@@ -55,6 +57,8 @@ class Consumer:
         self.on_message = on_message
         self.fetch_timeout = fetch_timeout
         self._prefetch_count = _check_prefetch(prefetch_count)
+        #: Extra messages that may be held beyond ``prefetch_count`` (see the class doc).
+        self.burst = 0
         self._unsettled: dict[Message, None] = {}
         self._acks: list[Message] = []
         self._rejects: list[Message] = []
@@ -131,7 +135,7 @@ class Consumer:
         wakeup = self._wakeup
         assert wakeup is not None
         wakeup.clear()
-        capacity = self._prefetch_count - len(self._unsettled)
+        capacity = self._prefetch_count + self.burst - len(self._unsettled)
         names = [q.name for q in self.queues]
         if capacity <= 0 or not names:
             try:

@@ -113,6 +113,7 @@ class Reply:
 
 Handler = Callable[[str, dict[str, Any], Message], Any]
 
+
 #: Returned by a handler that must not answer (``shutdown``: the node is going away).
 class _NoReply:
     def __repr__(self) -> str:
@@ -481,7 +482,8 @@ class Node:
         except SystemExit:
             reply = NO_REPLY
         except Exception as exc:
-            logger.exception("mailbox %s: command %r failed", self.hostname, method)
+            logger.warning("mailbox %s: command %r failed: %r", self.hostname, method, exc)
+            logger.debug("command %r failed", method, exc_info=True)
             reply = {"error": repr(exc)}
         if reply is NO_REPLY:
             return None
@@ -496,4 +498,3 @@ class Node:
                     self.hostname, {"error": f"cannot send reply: {exc!r}"}, reply_to, str(ticket)
                 )
         return reply
-

@@ -54,10 +54,16 @@ def start_worker(
     hostname: str | None = None,
     ready_timeout: float = 20.0,
     shutdown: str = "warm",
+    without_mingle: bool = True,
     **kwargs: Any,
 ) -> Iterator[WorkController]:
-    """Start a worker for ``app``, yield it once it consumes, stop it on exit."""
+    """Start a worker for ``app``, yield it once it consumes, stop it on exit.
+
+    Mingle is off unless ``without_mingle=False``: it waits a second for peers that a
+    test rarely has.
+    """
     worker = app.Worker(
+        without_mingle=without_mingle,
         pool=pool,
         concurrency=concurrency,
         queues=queues,

@@ -44,6 +44,7 @@ if TYPE_CHECKING:
     from ..request import Request
     from ..strategy import RateLimiter
     from ..worker import WorkController
+    from .gossip import Gossip
 
 __all__ = ["Consumer", "ConsumerBlueprint"]
 
@@ -57,8 +58,11 @@ class ConsumerBlueprint(Blueprint):
     name = "consumer"
     default_steps = {
         "celeriac.worker.consumer.steps:Connection",
+        "celeriac.worker.consumer.mingle:Mingle",
         "celeriac.worker.consumer.events:Events",
+        "celeriac.worker.consumer.gossip:Gossip",
         "celeriac.worker.consumer.events:Heart",
+        "celeriac.worker.consumer.control:Control",
         "celeriac.worker.consumer.steps:Tasks",
         "celeriac.worker.consumer.steps:Evloop",
     }
@@ -72,6 +76,8 @@ class Consumer:
     #: The dispatcher when task events are on (``-E``), else None: the hot path checks
     #: this one attribute before building any task event.
     task_events: EventDispatcher | None = None
+    #: The Gossip step while it runs (peers, elections); None with ``--without-gossip``.
+    gossip: Gossip | None = None
 
     def __init__(self, worker: WorkController) -> None:
         self.worker = worker
@@ -101,6 +107,8 @@ class Consumer:
         self.blueprint.apply(self)
         self._stop_requested = asyncio.Event()
         self.restarts = 0
+        #: Requests finished since start (the prefetch burst follows their rate).
+        self.completed = 0
         #: True while the Connection step connects (its failures end the worker).
         self.connecting = False
         #: True once a cold shutdown began: killed acks_late executions are requeued.
@@ -304,6 +312,7 @@ class Consumer:
 
     def on_request_done(self, request: Request) -> None:
         self.state.scheduled.pop(request.id, None)
+        self.completed += 1
 
     # -- effects, coalesced -----------------------------------------------------------------
 

@@ -27,13 +27,21 @@ from ... import __version__
 from ...events.dispatcher import EventDispatcher
 from ...utils.saferepr import saferepr
 from ..bootsteps import Step
+from .mingle import Mingle
 from .steps import Connection
 
 if TYPE_CHECKING:
     from ...protocol import TaskMessage
     from .consumer import Consumer
 
-__all__ = ["Events", "Heart", "task_received_fields", "worker_fields", "HEARTBEAT_FREQ"]
+__all__ = [
+    "Events",
+    "Heart",
+    "task_received_fields",
+    "worker_fields",
+    "heartbeat_freq",
+    "HEARTBEAT_FREQ",
+]
 
 logger = logging.getLogger("celeriac.worker.events")
 
@@ -87,7 +95,8 @@ class Events(Step):
     """Owns the event dispatcher; sends worker-online at start and worker-offline at stop."""
 
     label = "Events"
-    requires = (Connection,)
+    # After Mingle: worker-online goes out once the worker knows what its peers know.
+    requires = (Connection, Mingle)
 
     def __init__(self, parent: Consumer, **kwargs: object) -> None:
         super().__init__(parent, **kwargs)
@@ -103,7 +112,10 @@ class Events(Step):
             buffer_limit=24,
             exchange=conf.event_exchange or "celeryev",
             serializer=conf.event_serializer or "json",
+            clock=parent.worker.clock,
         )
+        #: worker-online/offline come with the heartbeat (off with --without-heartbeat).
+        self.announce = not getattr(parent.worker, "without_heartbeat", False)
         parent.event_dispatcher = self.dispatcher
         parent.task_events = self.dispatcher if self.send_task_events else None
         self.dispatcher.on_enabled.append(lambda: self._switched(parent, True))
@@ -117,9 +129,9 @@ class Events(Step):
     async def start(self, c: Consumer) -> None:
         assert c.connection is not None
         await self.dispatcher.attach(c.connection)
-        if not self._online:
+        if not self._online and self.announce:
             self._online = True
-            self.dispatcher.send("worker-online", **worker_fields(c))
+            self.dispatcher.send("worker-online", **worker_fields(c, heartbeat_freq(c)))
 
     def close(self, c: Consumer) -> None:
         self._final = True  # close runs only when the consumer stops for good
@@ -129,7 +141,7 @@ class Events(Step):
         if c.connection is not None and c.connection.is_connected:
             if self._final and self._online:
                 self._online = False
-                dispatcher.send("worker-offline", **worker_fields(c))
+                dispatcher.send("worker-offline", **worker_fields(c, heartbeat_freq(c)))
             try:
                 async with asyncio.timeout(5.0):
                     await dispatcher.flush()
@@ -142,16 +154,25 @@ class Events(Step):
         return {"events": {"sent": stats.sent, "offline": stats.offline, "dropped": stats.dropped}}
 
 
+def heartbeat_freq(c: Consumer) -> float:
+    """The worker's ``--heartbeat-interval`` (2.0 s by default)."""
+    return float(getattr(c.worker, "heartbeat_interval", None) or HEARTBEAT_FREQ)
+
+
 class Heart(Step):
-    """Sends ``worker-heartbeat`` every ``freq`` seconds while the consumer runs."""
+    """Sends ``worker-heartbeat`` every ``freq`` seconds while the consumer runs
+    (``--heartbeat-interval``; none with ``--without-heartbeat``)."""
 
     label = "Heart"
     requires = (Events,)
 
     def __init__(self, parent: Consumer, **kwargs: object) -> None:
         super().__init__(parent, **kwargs)
-        self.freq = HEARTBEAT_FREQ
+        self.freq = heartbeat_freq(parent)
         self.task: asyncio.Task[None] | None = None
+
+    def include_if(self, c: Consumer) -> bool:
+        return not getattr(c.worker, "without_heartbeat", False)
 
     async def start(self, c: Consumer) -> None:
         self.task = asyncio.ensure_future(self._beat(c))

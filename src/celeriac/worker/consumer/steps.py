@@ -41,8 +41,22 @@ class Connection(Step):
             c.connection = None
 
 
+#: Most messages a worker claims beyond its prefetch limit while tasks are short.
+MAX_BURST = 1000
+#: Seconds between two looks at the completion rate.
+BURST_TICK = 0.1
+
+
 class Tasks(Step):
-    """Consumes the task queues with the prefetch limit, feeding ``on_task_received``."""
+    """Consumes the task queues with the prefetch limit, feeding ``on_task_received``.
+
+    While tasks finish quickly, the worker may hold up to ``worker_prefetch_burst``
+    seconds of them (at the rate they are finishing, at most :data:`MAX_BURST`) beyond
+    ``worker_prefetch_multiplier`` x concurrency, so it claims in batches big enough that
+    the broker round trips do not bound the rate. Long tasks finish slowly, so the burst
+    stays near zero and the prefetch limit means what it always meant; 0 (or
+    ``worker_disable_prefetch``) switches the burst off.
+    """
 
     label = "Tasks"
     # After Events, so worker-online goes out before the first task event.
@@ -51,6 +65,7 @@ class Tasks(Step):
     def __init__(self, parent: object, **kwargs: object) -> None:
         super().__init__(parent, **kwargs)
         self.task: asyncio.Task[None] | None = None
+        self.tuner: asyncio.Task[None] | None = None
 
     async def start(self, c: Consumer) -> None:
         assert c.connection is not None
@@ -63,8 +78,27 @@ class Tasks(Step):
         )
         self.task = asyncio.ensure_future(c.task_consumer.run())
         c.consume_task = self.task
+        window = float(c.app.conf.worker_prefetch_burst or 0.0)
+        if window > 0 and not c.app.conf.worker_disable_prefetch:
+            self.tuner = asyncio.ensure_future(self._follow_rate(c, window))
+
+    async def _follow_rate(self, c: Consumer, window: float) -> None:
+        loop = asyncio.get_running_loop()
+        done, then, rate = c.completed, loop.time(), 0.0
+        while c.task_consumer is not None:
+            await asyncio.sleep(BURST_TICK)
+            now, finished = loop.time(), c.completed
+            seen = (finished - done) / max(now - then, 1e-3)
+            done, then = finished, now
+            # Rise at once, fall by halves: a pause in the work does not collapse it.
+            rate = seen if seen > rate else (rate + seen) / 2
+            if c.task_consumer is not None:
+                c.task_consumer.burst = min(MAX_BURST, int(rate * window))
 
     async def stop(self, c: Consumer) -> None:
+        if self.tuner is not None:
+            self.tuner.cancel()
+            self.tuner = None
         if c.task_consumer is not None:
             c.task_consumer.stop()
         if self.task is not None:

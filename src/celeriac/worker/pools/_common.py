@@ -18,6 +18,7 @@ __all__ = [
     "call_on_done",
     "lost_outcome",
     "time_limit_outcome",
+    "revoked_outcome",
 ]
 
 logger = logging.getLogger("celeriac.worker.pools")
@@ -110,3 +111,12 @@ def time_limit_outcome(job: Job, pid: int, runtime: float = 0.0) -> Outcome:
     exc = TimeLimitExceeded(f"TimeLimitExceeded({job.time_limit})")
     text = f"celeriac.exceptions.TimeLimitExceeded: {exc}\n"
     return Outcome("FAILURE", None, exc, text, runtime, pid)
+
+
+def revoked_outcome(pid: int, runtime: float = 0.0) -> Outcome:
+    """REVOKED: the execution was stopped by ``revoke(terminate=True)``.
+
+    The request only acks its message on this outcome; whoever terminated the job records
+    the REVOKED state and sends ``task-revoked``.
+    """
+    return Outcome("REVOKED", None, None, None, runtime, pid)

@@ -36,6 +36,7 @@ from ._common import (
     call_on_done,
     call_on_start,
     lost_outcome,
+    revoked_outcome,
     time_limit_outcome,
 )
 from .base import Job, OnDone, OnStart, Outcome, Pool
@@ -125,6 +126,37 @@ class AsyncioPool(Pool):
         if cancelled:
             await asyncio.wait(cancelled, timeout=1.0)
         self._notify_idle()
+
+    # --- remote control (control commands and the autoscaler; not per job) ---------------
+
+    def grow(self, n: int = 1) -> None:
+        if n < 1:
+            raise ValueError(f"n must be at least 1, not {n}")
+        self.limit += n
+        if self._threads is not None:
+            self._threads.grow(n)
+        self._dispatch()
+
+    def shrink(self, n: int = 1) -> None:
+        self._check_shrink(n)
+        self.limit -= n
+        if self._threads is not None:
+            self._threads.shrink(n)
+
+    def terminate_job(self, job_id: str, signum: int | None = None) -> bool:
+        """Cancel the ``async def`` execution of ``job_id`` (a sync one goes to the
+        threads pool's :meth:`~ThreadsPool.terminate_job`); reported REVOKED at once."""
+        entry = next((e for e in self._running if e.job.id == job_id), None)
+        if entry is None or entry.state != RUNNING:
+            return False
+        if entry.atask is None:  # a sync task on a thread (or not started yet)
+            threads = self._threads
+            return threads is not None and threads.terminate_job(job_id, signum)
+        entry.state = DONE
+        entry.atask.cancel()
+        assert self.loop is not None
+        self._complete(entry, revoked_outcome(self._pid))
+        return True
 
     # --- dispatching ---------------------------------------------------------------------
 

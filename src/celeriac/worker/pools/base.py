@@ -132,6 +132,50 @@ class Pool(abc.ABC):
         """Process ids that execute tasks (the worker's own for in-process pools)."""
         return [os.getpid()]
 
+    # -- remote control (pool_grow, pool_shrink, pool_restart, revoke --terminate) -----------
+    # Called by control commands and the autoscaler, never on the per-job path.
+
+    def grow(self, n: int = 1) -> None:
+        """Add ``n`` slots.
+
+        Raises:
+            NotImplementedError: the pool has a fixed size (``solo``).
+        """
+        raise NotImplementedError(f"the {self.name} pool cannot change its size")
+
+    def shrink(self, n: int = 1) -> None:
+        """Remove ``n`` slots (never below one); running executions finish first.
+
+        Raises:
+            NotImplementedError: the pool has a fixed size (``solo``).
+            ValueError: ``n`` would leave no slot.
+        """
+        raise NotImplementedError(f"the {self.name} pool cannot change its size")
+
+    def restart(self) -> None:
+        """Replace the processes that run tasks once they are idle (``pool_restart``).
+
+        Raises:
+            NotImplementedError: the pool runs tasks in this process.
+        """
+        raise NotImplementedError(f"the {self.name} pool runs tasks in the worker process")
+
+    def terminate_job(self, job_id: str, signum: int | None = None) -> bool:
+        """Stop the running execution of ``job_id`` now, if this pool can.
+
+        The job is reported at once with state REVOKED (its request acks the message; the
+        caller records the revocation), and a late outcome of the execution is ignored.
+        Returns False when the job is not running here or the pool cannot stop it (the
+        solo pool runs sync tasks on the loop this is called from).
+        """
+        return False
+
+    def _check_shrink(self, n: int) -> None:
+        if n < 1:
+            raise ValueError(f"n must be at least 1, not {n}")
+        if self.limit - n < 1:
+            raise ValueError(f"cannot shrink the pool by {n}: it has {self.limit} slot(s)")
+
     def info(self) -> dict[str, Any]:
         """A ``stats()``-style description of the pool."""
         return {

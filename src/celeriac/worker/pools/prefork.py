@@ -51,6 +51,7 @@ from ._common import (
     call_on_done,
     call_on_start,
     lost_outcome,
+    revoked_outcome,
     time_limit_outcome,
 )
 from .base import Job, OnDone, OnStart, Outcome, Pool
@@ -76,6 +77,9 @@ _HEADER_SIZE = _child.HEADER.size
 _unpack = _child.HEADER.unpack
 _HAS_PIDFD = hasattr(os, "pidfd_open")
 _CHILD_SIGNALS = {signal.SIGINT, signal.SIGTERM, signal.SIGUSR1}
+#: Signals children ignore (they belong to the worker): terminating a job with one of
+#: them kills its child instead, which is what the same signal does to Celery's children.
+_IGNORED_IN_CHILD = {signal.SIGINT, signal.SIGTERM}
 
 
 class _Child:
@@ -232,6 +236,63 @@ class PreforkPool(Pool):
         except TimeoutError:  # a reaper missed its event: reap by hand
             for child in list(self._children.values()):
                 self._reap(child, block=True)
+
+    # --- remote control (control commands and the autoscaler; not per job) ---------------
+
+    def grow(self, n: int = 1) -> None:
+        if n < 1:
+            raise ValueError(f"n must be at least 1, not {n}")
+        self.limit += n
+        if self.loop is None or self._closing:
+            return
+        for _ in range(n):
+            self._spawn()
+        if self._pending:
+            self._dispatch()
+
+    def shrink(self, n: int = 1) -> None:
+        """Retire ``n`` children, the least busy first; each exits once its jobs are done."""
+        self._check_shrink(n)
+        self.limit -= n
+        live = [c for c in self._children.values() if not c.retiring and not c.exited]
+        live.sort(key=lambda c: len(c.queue))
+        for child in live[:n]:
+            self._retire(child)
+
+    def restart(self) -> None:
+        """Fork ``limit`` fresh children; the old ones exit once their jobs are done."""
+        if self.loop is None or self._closing:
+            return
+        old = [c for c in self._children.values() if not c.retiring and not c.exited]
+        for child in old:
+            self._retire(child)
+        for _ in range(self.limit):
+            self._spawn()
+        if self._pending:
+            self._dispatch()
+
+    def terminate_job(self, job_id: str, signum: int | None = None) -> bool:
+        """Signal the child running ``job_id`` (SIGKILL for the signals children ignore,
+        and when the default SIGTERM is asked for); the job is reported REVOKED at once."""
+        for child in self._children.values():
+            entry = child.entry
+            if entry is not None and entry.job.id == job_id and not child.exited:
+                break
+        else:
+            return False
+        if entry.state != RUNNING:
+            return False
+        sig = signal.SIGKILL if signum is None or signum in _IGNORED_IN_CHILD else signum
+        entry.state = DONE
+        self._running.discard(entry)
+        if sig == signal.SIGKILL:
+            child.kill_reason = "revoked"
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child.pid, sig)
+        assert self.loop is not None
+        call_on_done(entry, revoked_outcome(child.pid, self.loop.time() - child.started))
+        self._notify()
+        return True
 
     # --- children ------------------------------------------------------------------------
 

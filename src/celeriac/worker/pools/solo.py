@@ -55,6 +55,12 @@ class SoloPool(AsyncioPool):
         self.limit = 1
         self._warned_no_signals = False
 
+    def grow(self, n: int = 1) -> None:
+        raise NotImplementedError("the solo pool runs one task at a time: it cannot grow")
+
+    def shrink(self, n: int = 1) -> None:
+        raise NotImplementedError("the solo pool runs one task at a time: it cannot shrink")
+
     def _start_sync(self, entry: Entry) -> None:
         assert self.loop is not None, "SoloPool.start() was not awaited"
         self.loop.call_soon(self._run_inline, entry)

@@ -24,13 +24,15 @@ Time limits, with the limits of threads:
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import queue
+import sys
 import threading
 from collections import deque
 from typing import Any
 
-from ...exceptions import SoftTimeLimitExceeded
+from ...exceptions import SoftTimeLimitExceeded, Terminated
 from .. import tracer as _tracer
 from ._common import (
     DONE,
@@ -39,6 +41,7 @@ from ._common import (
     call_on_done,
     call_on_start,
     lost_outcome,
+    revoked_outcome,
     time_limit_outcome,
 )
 from .base import Job, OnDone, OnStart, Outcome, Pool
@@ -119,6 +122,51 @@ class ThreadsPool(Pool):
         self._nthreads = 0
         self._stop_threads()
         self._notify_idle()
+
+    # --- remote control (control commands and the autoscaler; not per job) ---------------
+
+    def grow(self, n: int = 1) -> None:
+        if n < 1:
+            raise ValueError(f"n must be at least 1, not {n}")
+        self.limit += n
+        self._dispatch()
+
+    def shrink(self, n: int = 1) -> None:
+        """Lower the limit; threads over it exit after their current job."""
+        self._check_shrink(n)
+        self.limit -= n
+        for _ in range(min(n, max(self._nthreads - self.limit, 0))):
+            self._nthreads -= 1
+            self._queue.put(None)
+
+    def terminate_job(self, job_id: str, signum: int | None = None) -> bool:
+        """Raise :class:`~celeriac.exceptions.Terminated` in the thread running ``job_id``
+        and let go of that thread, as at a hard time limit.
+
+        A thread cannot be killed: the exception lands at the next Python bytecode, so a
+        thread blocked in one long C call stops only when that call returns. The job is
+        reported REVOKED at once and a replacement thread keeps the concurrency.
+        """
+        entry = next((e for e in self._running if e.job.id == job_id), None)
+        if entry is None:
+            return False
+        with self._lock:
+            if entry.state != RUNNING:
+                return False
+            entry.state = DONE
+        ex = entry.ex
+        if ex is not None and ex.running_sync:
+            ex.inject(Terminated)
+        elif ex is not None and ex.cancel_hard():
+            pass
+        else:
+            _interrupt_thread_running(entry.job)
+        self._nthreads -= 1
+        self._running.discard(entry)
+        call_on_done(entry, revoked_outcome(self._pid))
+        self._dispatch()
+        self._notify_idle()
+        return True
 
     # --- dispatching ---------------------------------------------------------------------
 
@@ -252,3 +300,19 @@ class ThreadsPool(Pool):
         info = super().info()
         info["threads"] = sum(1 for t in self._threads if t.is_alive())
         return info
+
+
+def _interrupt_thread_running(job: Job) -> bool:
+    """Raise :class:`Terminated` in the thread whose tracer runs ``job`` (found by its
+    stack: jobs without a time limit carry no interrupt handle)."""
+    code = _tracer.trace.__code__
+    for ident, frame in sys._current_frames().items():
+        current = frame
+        while current is not None:
+            if current.f_code is code and current.f_locals.get("job") is job:
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(ident), ctypes.py_object(Terminated)
+                )
+                return True
+            current = current.f_back
+    return False
