@@ -54,6 +54,16 @@ def _csv(ctx: click.Context, param: click.Parameter, value: tuple[str, ...] | No
 @click.option(
     "-E", "--task-events", is_flag=True, help="Send task events (worker_send_task_events)."
 )
+@click.option("--without-mingle", is_flag=True, help="Do not sync with other workers at start.")
+@click.option("--without-gossip", is_flag=True, help="Do not track the other workers.")
+@click.option(
+    "--without-heartbeat", is_flag=True, help="Send no worker-heartbeat (nor online/offline)."
+)
+@click.option(
+    "--heartbeat-interval", type=click.FloatRange(min=0.01), help="Seconds between heartbeats."
+)
+@click.option("-S", "--statedb", help="File keeping revoked ids and the clock across restarts.")
+@click.option("--autoscale", help="MAX,MIN: grow the pool under backlog, shrink it when idle.")
 @click.option("--print-boot-graph", is_flag=True, help="Print the bootstep order and exit.")
 @click.pass_obj
 def worker(
@@ -70,6 +80,12 @@ def worker(
     soft_time_limit: float | None,
     purge: bool,
     task_events: bool,
+    without_mingle: bool,
+    without_gossip: bool,
+    without_heartbeat: bool,
+    heartbeat_interval: float | None,
+    statedb: str | None,
+    autoscale: str | None,
     print_boot_graph: bool,
 ) -> None:
     """Start a worker that executes tasks from the broker."""
@@ -83,7 +99,19 @@ def worker(
         app.conf.worker_send_task_events = True
     if pool == "processes":
         pool = "prefork"
+    from ..worker.worker import parse_autoscale
+
+    try:
+        scale = parse_autoscale(autoscale)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--autoscale") from None
     w = app.Worker(
+        without_mingle=without_mingle,
+        without_gossip=without_gossip,
+        without_heartbeat=without_heartbeat,
+        heartbeat_interval=heartbeat_interval,
+        statedb=statedb,
+        autoscale=scale,
         hostname=hostname,
         concurrency=concurrency,
         pool=pool,
@@ -140,7 +168,7 @@ def banner(w: WorkController) -> str:
         f"- ** ---------- .> app:         {app.main}:{id(app):#x}",
         f"- ** ---------- .> transport:   {mask_url(str(conf.broker_url))}",
         f"- ** ---------- .> results:     {mask_url(str(conf.result_backend or 'disabled'))}",
-        f"- *** --- * --- .> concurrency: {w.concurrency} ({w.pool_name})",
+        f"- *** --- * --- .> concurrency: {_concurrency(w)} ({w.pool_name})",
         f"-- ******* ---- .> pid:         {os.getpid()}",
         "--- ***** ----- ",
         " -------------- [queues]",
@@ -151,6 +179,12 @@ def banner(w: WorkController) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _concurrency(w: WorkController) -> str:
+    if w.autoscale is not None:
+        return f"{{min={w.autoscale[1]}, max={w.autoscale[0]}}}"
+    return str(w.concurrency)
 
 
 def _banner_queues(w: WorkController) -> list:  # type: ignore[type-arg]

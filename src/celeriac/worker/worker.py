@@ -13,9 +13,11 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from ..events.clock import LamportClock
 from ..utils.nodenames import default_nodename, expand_hostname
 from .bootsteps import Blueprint
 from .state import WorkerState
@@ -26,9 +28,35 @@ if TYPE_CHECKING:
     from .consumer.consumer import Consumer
     from .pools.base import Pool
 
-__all__ = ["WorkController", "WorkerBlueprint"]
+__all__ = ["WorkController", "WorkerBlueprint", "parse_autoscale"]
 
 logger = logging.getLogger("celeriac.worker")
+
+
+def parse_autoscale(value: tuple[int, int] | str | None) -> tuple[int, int] | None:
+    """``"10,3"`` or ``(10, 3)`` -> ``(max, min)``; a single number means ``(n, n)``.
+
+    Raises:
+        ValueError: not numbers, below 1, or min above max.
+    """
+    if value is None or value == "":
+        return None
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        try:
+            numbers = [int(p) for p in parts]
+        except ValueError:
+            raise ValueError(f"--autoscale takes MAX,MIN (whole numbers), not {value!r}") from None
+    else:
+        numbers = [int(v) for v in value]
+    if len(numbers) == 1:
+        numbers = numbers * 2
+    if len(numbers) != 2:
+        raise ValueError(f"--autoscale takes MAX,MIN, not {value!r}")
+    max_, min_ = numbers
+    if min_ < 1 or max_ < min_:
+        raise ValueError(f"--autoscale needs 1 <= MIN <= MAX, got max={max_} min={min_}")
+    return max_, min_
 
 
 class WorkerBlueprint(Blueprint):
@@ -38,7 +66,9 @@ class WorkerBlueprint(Blueprint):
         "celeriac.worker.components:Timer",
         "celeriac.worker.components:Queues",
         "celeriac.worker.components:Pool",
+        "celeriac.worker.statedb:StateDB",
         "celeriac.worker.components:Consumer",
+        "celeriac.worker.autoscale:AutoscalerStep",
     }
 
 
@@ -57,6 +87,12 @@ class WorkController:
         max_tasks_per_child: int | None = None,
         prefetch_multiplier: int | None = None,
         install_signal_handlers: bool = True,
+        without_mingle: bool = False,
+        without_gossip: bool = False,
+        without_heartbeat: bool = False,
+        heartbeat_interval: float | None = None,
+        statedb: str | None = None,
+        autoscale: tuple[int, int] | str | None = None,
     ) -> None:
         conf = app.conf
         self.app = app
@@ -69,6 +105,22 @@ class WorkController:
         if prefetch_multiplier is not None:
             conf.worker_prefetch_multiplier = prefetch_multiplier
         self.install_signal_handlers = install_signal_handlers
+        self.without_mingle = without_mingle
+        self.without_gossip = without_gossip
+        self.without_heartbeat = without_heartbeat
+        #: Seconds between worker-heartbeat events (``--heartbeat-interval``).
+        self.heartbeat_interval = float(heartbeat_interval or 2.0)
+        #: ``--statedb`` path (persistent revoked ids and clock), or None.
+        self.statedb_path: str | None = statedb or conf.worker_state_db or None
+        #: ``--autoscale`` ``(max, min)``, or None.
+        self.autoscale = parse_autoscale(autoscale)
+        if self.autoscale is not None:
+            self.concurrency = self.autoscale[1]
+        #: The node's Lamport clock (events, remote control, mingle, gossip, state db).
+        self.clock = LamportClock()
+        self.started_at = time.monotonic()
+        self.statedb: Any = None
+        self.autoscaler: Any = None
         self.state = WorkerState()
         self.loop: asyncio.AbstractEventLoop
         self.timer: Any = None
