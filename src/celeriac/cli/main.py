@@ -110,6 +110,7 @@ def cli(
 
 
 def _register_commands() -> None:
+    from .control import control, inspect, revoke, status
     from .events import events, snapshots
     from .tasks import call, purge, result
     from .worker import worker
@@ -120,6 +121,10 @@ def _register_commands() -> None:
     cli.add_command(call)
     cli.add_command(result)
     cli.add_command(purge)
+    cli.add_command(inspect)
+    cli.add_command(control)
+    cli.add_command(status)
+    cli.add_command(revoke)
     try:
         from .demo import demo
     except ImportError:  # pragma: no cover - demo is optional in slim installs

@@ -91,7 +91,7 @@ def command(
             tuple(args),
             variadic,
             tuple(aliases),
-            (fun.__doc__ or "").strip().splitlines()[0] if fun.__doc__ else "",
+            (fun.__doc__ or "").strip().splitlines()[0].replace("``", "") if fun.__doc__ else "",
             hidden,
             signature,
         )

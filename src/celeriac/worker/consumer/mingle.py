@@ -6,10 +6,9 @@ merges every revoked id they report and moves its Lamport clock past theirs. A r
 while this worker was down is therefore still honoured once it starts, as long as one
 worker that heard it is alive.
 
-It also reads the *revocation log* (:func:`celeriac.control.read_revocations`), which keeps the
+Skipped with ``--without-mingle``. The :class:`RevocationLog` step, which runs just before
+it even then, reads the *revocation log* (:func:`celeriac.control.read_revocations`): the
 revokes celeriac clients sent while no worker at all was listening.
-
-Skipped with ``--without-mingle``.
 """
 
 from __future__ import annotations
@@ -26,7 +25,7 @@ from .steps import Connection
 if TYPE_CHECKING:
     from .consumer import Consumer
 
-__all__ = ["Mingle", "MINGLE_TIMEOUT"]
+__all__ = ["Mingle", "RevocationLog", "MINGLE_TIMEOUT"]
 
 logger = logging.getLogger("celeriac.worker.mingle")
 
@@ -34,11 +33,31 @@ logger = logging.getLogger("celeriac.worker.mingle")
 MINGLE_TIMEOUT = 1.0
 
 
+class RevocationLog(Step):
+    """Merges the broker's revocation log into the revoked ids before consuming starts."""
+
+    label = "RevocationLog"
+    requires = (Connection,)
+
+    async def start(self, c: Consumer) -> None:
+        assert c.connection is not None
+        try:
+            ids = await read_revocations(c.connection, c.app.conf)
+        except BrokerConnectionError:
+            raise
+        except Exception as exc:
+            logger.warning("cannot read the revocation log: %r", exc)
+            return
+        if ids:
+            c.state.revoked.update(ids)
+            logger.info("%d revoked id(s) from the revocation log", len(ids))
+
+
 class Mingle(Step):
     """Syncs revoked ids and the clock with the live workers (see the module docstring)."""
 
     label = "Mingle"
-    requires = (Connection,)
+    requires = (Connection, RevocationLog)
 
     def __init__(self, parent: Consumer, **kwargs: object) -> None:
         super().__init__(parent, **kwargs)
@@ -50,21 +69,7 @@ class Mingle(Step):
         return not getattr(c.worker, "without_mingle", False)
 
     async def start(self, c: Consumer) -> None:
-        await self._read_log(c)
         await self.sync(c)
-
-    async def _read_log(self, c: Consumer) -> None:
-        assert c.connection is not None
-        try:
-            ids = await read_revocations(c.connection, c.app.conf)
-        except BrokerConnectionError:
-            raise
-        except Exception as exc:
-            logger.warning("mingle: cannot read the revocation log: %r", exc)
-            return
-        if ids:
-            c.state.revoked.update(ids)
-            logger.info("mingle: %d revoked id(s) from the revocation log", len(ids))
 
     async def sync(self, c: Consumer) -> int:
         """Broadcast ``hello`` and merge the replies; returns how many nodes answered."""
