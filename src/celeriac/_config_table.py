@@ -289,6 +289,10 @@ OVERRIDES: dict[str, Any] = {
 }
 
 
+#: Settings celeriac adds, with no Celery counterpart (and so no old upper-case name).
+CELERIAC_ONLY: frozenset[str] = frozenset({"worker_prefetch_burst"})
+
+
 def flatten() -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
     """``(defaults, types, old_name -> new_name)`` for every setting."""
     defaults: dict[str, Any] = {}
@@ -299,6 +303,8 @@ def flatten() -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
             name = f"{namespace}_{key}" if namespace else key
             defaults[name] = OVERRIDES.get(name, default)
             types[name] = kind
+            if name in CELERIAC_ONLY:
+                continue
             if old is None:
                 old = pattern.format(key.upper()) if pattern else name.upper()
             old_names[old] = name

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pytest
 from celery.app import defaults as celery_defaults
 
+from celeriac._config_table import CELERIAC_ONLY
 from celeriac.config import (
     DEFAULTS,
     OLD_NAMES,
@@ -34,9 +35,19 @@ CELERIAC_DEFAULTS = {
 
 
 def test_every_celery_setting_is_known_with_celerys_default():
-    assert set(DEFAULTS) == set(celery_defaults.DEFAULTS)
-    differing = {k: v for k, v in DEFAULTS.items() if v != celery_defaults.DEFAULTS[k]}
+    assert set(DEFAULTS) - CELERIAC_ONLY == set(celery_defaults.DEFAULTS)
+    differing = {
+        k: v
+        for k, v in DEFAULTS.items()
+        if k not in CELERIAC_ONLY and v != celery_defaults.DEFAULTS[k]
+    }
     assert differing == CELERIAC_DEFAULTS
+
+
+def test_celeriac_only_settings_have_defaults_and_no_old_names():
+    assert set(DEFAULTS) >= CELERIAC_ONLY
+    assert not CELERIAC_ONLY & set(OLD_NAMES.values())
+    assert Settings().worker_prefetch_burst == 0.05
 
 
 def test_old_upper_case_names_map_as_in_celery():
