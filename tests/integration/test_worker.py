@@ -491,3 +491,46 @@ def test_apply_runs_eagerly_with_retries(app: Celeriac) -> None:
     assert CALLS[key] == [0, 1, 2]
     app.conf.task_always_eager = True
     assert app.tasks["t.add"].delay(3, 4).get() == 7
+
+
+def _burst_while(worker: Any, busy: Any, timeout: float = 30.0) -> list[int]:
+    """Sample the task consumer's burst until ``busy()`` turns false."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while busy():
+        assert time.monotonic() < deadline, "the tasks did not finish in time"
+        tc = worker.consumer.task_consumer
+        if tc is not None:
+            seen.append(tc.burst)
+        time.sleep(0.02)
+    return seen
+
+
+@pytest.mark.parametrize("window", [0.05, 0.0])
+def test_short_tasks_let_the_worker_claim_beyond_its_prefetch_limit(
+    app: Celeriac, window: float
+) -> None:
+    # Given a one-slot worker allowed one message at a time, and many quick tasks
+    app.conf.worker_prefetch_multiplier = 1
+    app.conf.worker_prefetch_burst = window
+    results = [app.tasks["t.add"].delay(i, i) for i in range(4000)]
+    with start_worker(app, pool="solo", concurrency=1) as worker:
+        # When it drains them
+        seen = _burst_while(worker, lambda: not results[-1].ready())
+        assert results[-1].get(timeout=10) == 7998
+    # Then, while tasks finish fast, it claims extra messages per broker call; with the
+    # burst switched off it never does
+    if window:
+        assert max(seen) > 1
+    else:
+        assert max(seen) == 0
+
+
+def test_long_tasks_keep_the_prefetch_limit_as_set(app: Celeriac) -> None:
+    # Given one slot, one message at a time, and tasks that take a while
+    app.conf.worker_prefetch_multiplier = 1
+    results = [app.tasks["t.sleep"].delay(0.15) for _ in range(6)]
+    with start_worker(app, pool="threads", concurrency=1) as worker:
+        seen = _burst_while(worker, lambda: not results[-1].ready())
+    # Then the worker never holds more than its prefetch limit: others could take them
+    assert max(seen) == 0
