@@ -70,7 +70,7 @@ class Autoscaler:
         state = self.worker.state
         consumer = self.worker.consumer
         held = len(consumer.held) if consumer is not None else 0
-        return len(state.active) + max(len(state.reserved) - len(state.active) - held, 0)
+        return len(state.active) + max(len(state.reserved) - held, 0)
 
     def body(self) -> None:
         """One look at the backlog (what the periodic loop runs)."""
@@ -170,8 +170,7 @@ class AutoscalerStep(Step):
     def create(self, w: WorkController) -> None:
         assert w.autoscale is not None
         max_, min_ = w.autoscale
-        keepalive = w.app.conf.get("worker_autoscaler_keepalive", None)
-        w.autoscaler = Autoscaler(w, max_, min_, float(keepalive or AUTOSCALE_KEEPALIVE))
+        w.autoscaler = Autoscaler(w, max_, min_)
 
     async def start(self, w: WorkController) -> None:
         self.task = asyncio.ensure_future(self._run(w.autoscaler))

@@ -188,7 +188,10 @@ class WorkController:
         loop = getattr(self, "loop", None)
         if loop is None or self._shutdown_requested is None:
             return
-        loop.call_soon_threadsafe(self._request_shutdown, cold)
+        try:
+            loop.call_soon_threadsafe(self._request_shutdown, cold)
+        except RuntimeError:  # the loop is closed: the worker has stopped already
+            pass
 
     def _request_shutdown(self, cold: bool) -> None:
         if cold:
