@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
@@ -321,3 +322,32 @@ def asynccontext(func: Callable[..., AsyncIterator[T]]) -> Callable[..., Any]:
     import contextlib
 
     return contextlib.asynccontextmanager(func)
+
+
+def test_a_forked_child_must_reconnect(shared: tuple[str, str, Any]) -> None:
+    url, prefix, raw = shared
+
+    async def main() -> int:
+        t = await opened(url, global_keyprefix=prefix)
+        pid = os.fork()
+        if pid == 0:  # the child: the parent's connection is not its to use
+
+            async def child() -> int:
+                try:
+                    await t.publish([Outgoing(message(b"child"), "", "q")])
+                except ConnectionBrokenError as exc:
+                    if "forked child must reconnect" not in str(exc) or t.is_connected:
+                        return 3
+                    await t.connect()  # a fresh connection of its own works
+                    await t.publish([Outgoing(message(b"child"), "", "q")])
+                    return 0
+                return 4
+
+            os._exit(asyncio.run(child()))
+        _, status = os.waitpid(pid, 0)
+        assert t.is_connected  # the parent's own connection is untouched
+        await t.close()
+        return os.waitstatus_to_exitcode(status)
+
+    assert run(main()) == 0
+    assert raw.llen(f"{prefix}q") == 1

@@ -73,6 +73,19 @@ from .memory import _check_fetch, check_outgoing, message_priority
 
 __all__ = ["RedisTransport"]
 
+#: Forks this process has gone through: a transport opened before a fork is not usable in
+#: the child. Comparing a counter is cheaper than ``os.getpid()`` on every command.
+_forks = 0
+
+
+def _count_fork() -> None:
+    global _forks
+    _forks += 1
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_count_fork)
+
 logger = logging.getLogger("celeriac.messaging.redis")
 
 #: Messages per publish script call: bounds how long one call holds Redis.
@@ -154,9 +167,12 @@ class RedisTransport(Transport):
         self._subscriber: Subscriber | None = None
         self._scripts: dict[str, Any] = {}
         self._pid = os.getpid()
+        self._forks = _forks
         self._rotation = 0
         self._next_restore = 0.0
         self._bell: asyncio.Event | None = None
+        #: Queue lists whose doorbells this connection's subscriber already listens to.
+        self._doorbells: set[tuple[str, ...]] = set()
         #: Exchange name -> type, as declared here or found in ``_celeriac.exchanges``.
         self._exchanges: dict[str, str] = {}
         #: Local queues bound to fanout exchanges, and their buffers.
@@ -178,6 +194,7 @@ class RedisTransport(Transport):
         if self._client is not None:  # a broken or inherited connection: start afresh
             await self._drop()
         self._pid = os.getpid()
+        self._forks = _forks
         client = self._new_client()
         try:
             with self._map_errors():
@@ -192,6 +209,7 @@ class RedisTransport(Transport):
         }
         self._bell = asyncio.Event()
         self._subscriber = Subscriber(client, self._on_fanout, self._on_ready, self._on_failure)
+        self._doorbells.clear()
         self._next_restore = 0.0
         patterns = [p for ex in self._fanout_routes for p in self.layout.fanout_patterns(ex)]
         if patterns:  # reconnected: listen again to what local queues are bound to
@@ -246,14 +264,14 @@ class RedisTransport(Transport):
         return (
             self._client is not None
             and (self._subscriber is None or self._subscriber.failure is None)
-            and self._pid == os.getpid()
+            and self._forks == _forks
         )
 
     def _require(self) -> aioredis.Redis:
         client = self._client
         if client is None:
             raise ConnectionClosedError(f"{self!r} is not connected (call connect() first)")
-        if self._pid != os.getpid():
+        if self._forks != _forks:
             raise ConnectionBrokenError(
                 f"{self!r} was opened by process {self._pid}; a forked child must reconnect"
             )
@@ -468,9 +486,14 @@ class RedisTransport(Transport):
         deadline = loop.time() + max(timeout, 0.0)
         subscriber = self._subscriber
         assert subscriber is not None
-        with self._map_errors():
-            await subscriber.subscribe(*(self.layout.ready_prefix + q for q in queues))
         names = list(queues)
+        key = tuple(names)
+        if key not in self._doorbells:
+            with self._map_errors():
+                await subscriber.subscribe(*(self.layout.ready_prefix + q for q in names))
+            if len(self._doorbells) > 64:
+                self._doorbells.clear()
+            self._doorbells.add(key)
         while True:
             bell = self._bell
             if bell is None:
