@@ -127,20 +127,32 @@ class Peers:
     def celery_worker(
         self, *queues: str, pool: str = "solo", concurrency: int = 1,
         extra: tuple[str, ...] = (), node: str = "celery", ready: bool = True,
-        env: dict[str, str] | None = None,
+        env: dict[str, str] | None = None, cluster: bool = False,
     ) -> Process:
-        """``python -m celery -A celery_peer worker``; returns once it ran a first task."""
+        """``python -m celery -A celery_peer worker``; returns once it ran a first task.
+
+        ``cluster=True`` keeps Celery's mingle, gossip and heartbeat on.
+        """
         names = [*queues, self.probe_queue(node)]
+        solitary = () if cluster else (
+            "--without-mingle", "--without-gossip", "--without-heartbeat"
+        )
         cmd = [
             sys.executable, "-m", "celery", "-A", "celery_peer", "worker", "-P", pool,
             "-c", str(concurrency), "-Q", ",".join(names), "-n", f"{node}{self._count}@%h",
-            "--without-mingle", "--without-gossip", "--without-heartbeat", "-l", "info",
-            *extra,
+            *solitary, "-l", "info", *extra,
         ]
         proc = self._spawn(cmd, node, env)
         if ready:
             self.wait_ready(proc, node)
         return proc
+
+    def run(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """Run a short command (``celery ...``/``celeriac ...``) in this namespace."""
+        return subprocess.run(
+            [sys.executable, "-m", *args], cwd=self.dir, env=self.env, capture_output=True,
+            text=True, timeout=timeout, stdin=subprocess.DEVNULL,
+        )
 
     def wait_ready(self, proc: Process, node: str, timeout: float = 30.0) -> None:
         """A worker is ready once it ran a task sent to its own probe queue."""
