@@ -9,19 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from redis import exceptions as redis_errors
-
 from .. import serialization, states
-from ..exceptions import (
-    BrokerConnectionError,
-    CeleriacError,
-    ConfigurationError,
-    ConnectionBrokenError,
-)
+from ..exceptions import ConfigurationError
+from ..messaging.transports._redis_common import check_options, map_redis_errors
 
 __all__ = [
     "RedisOptions",
@@ -232,22 +226,7 @@ class RedisOptions:
             ConfigurationError: Unknown key (with the closest known one) or a value of
                 the wrong kind.
         """
-        checked: dict[str, Any] = {}
-        for key, value in options.items():
-            check = _CHECKS.get(key)
-            if check is None:
-                raise ConfigurationError.unknown_key(
-                    str(key), _CHECKS, "result_backend_transport_options key for redis"
-                )
-            func, what = check
-            try:
-                checked[key] = func(value)
-            except (TypeError, ValueError):
-                shown = "**" if key == "password" else repr(value)
-                raise ConfigurationError(
-                    f"result_backend_transport_options[{key!r}] must be {what}, got {shown}",
-                    key=key,
-                ) from None
+        checked = check_options(options, _CHECKS, "result_backend_transport_options")
         if checked.get("max_connections", 10) < 1:
             raise ConfigurationError(
                 "result_backend_transport_options['max_connections'] must be at least 1",
@@ -274,36 +253,10 @@ class RedisOptions:
 
 # -- errors -------------------------------------------------------------------------------
 
-#: redis-py failures that mean the connection broke (reconnecting may help).
-CONNECTION_ERRORS: tuple[type[BaseException], ...] = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,
-    OSError,
-)
-
-
-@contextlib.contextmanager
-def map_errors(where: str) -> Iterator[None]:
+def map_errors(where: str) -> contextlib.AbstractContextManager[None]:
     """Turn redis-py's exceptions into celeriac's at the backend's boundary.
 
     Args:
         where: The store, as shown to users (its masked URL).
-
-    Raises:
-        ConfigurationError: Authentication failed (wrong user or password).
-        ConnectionBrokenError: The connection failed or timed out.
-        BrokerConnectionError: Redis refused the command (out of memory, no permission).
     """
-    try:
-        yield
-    except CeleriacError:
-        raise  # already ours (ConnectionBrokenError is an OSError too)
-    except redis_errors.AuthenticationError as exc:
-        raise ConfigurationError(
-            f"result backend {where} refused the credentials: {exc}", key="result_backend"
-        ) from exc
-    except CONNECTION_ERRORS as exc:
-        raise ConnectionBrokenError(f"result backend {where}: {exc}") from exc
-    except redis_errors.RedisError as exc:
-        raise BrokerConnectionError(f"result backend {where} refused a command: {exc}") from exc
+    return map_redis_errors("result backend", where, "result_backend")

@@ -53,10 +53,10 @@ from ..exceptions import (
     EncodeError,
     ResultTimeoutError,
 )
+from ..messaging.transports._redis_common import CONNECTION_ERRORS
 from ..messaging.transports.base import mask_url
 from ._redis_subscriber import ResultSubscriber
 from ._redis_support import (
-    CONNECTION_ERRORS,
     GROUP_KEYPREFIX,
     MAX_VALUE_SIZE,
     STORE_LUA,

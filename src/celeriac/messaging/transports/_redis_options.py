@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ...exceptions import ConfigurationError
+from ._redis_common import check_options
 from ._redis_layout import PRIORITY_STEPS, SEP
 
 __all__ = ["RedisTransportOptions", "KOMBU_VISIBILITY_TIMEOUT"]
@@ -160,21 +160,7 @@ class RedisTransportOptions:
             ConfigurationError: An unknown key (naming the closest known one) or a value
                 of the wrong kind.
         """
-        checked: dict[str, Any] = {}
-        for key, value in options.items():
-            check = _CHECKS.get(key)
-            if check is None:
-                raise ConfigurationError.unknown_key(
-                    str(key), _CHECKS, "broker_transport_options key for redis"
-                )
-            func, what = check
-            try:
-                checked[key] = func(value)
-            except (TypeError, ValueError):
-                shown = "**" if key == "password" else repr(value)
-                raise ConfigurationError(
-                    f"broker_transport_options[{key!r}] must be {what}, got {shown}", key=key
-                ) from None
+        checked = check_options(options, _CHECKS, "broker_transport_options")
         client: dict[str, Any] = {
             "socket_timeout": 120.0,
             "socket_connect_timeout": 10.0,

@@ -40,17 +40,14 @@ import contextlib
 import logging
 import os
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
 
 import orjson
 from redis import asyncio as aioredis
-from redis import exceptions as redis_errors
 from redis.asyncio.sentinel import Sentinel
 
 from ...exceptions import (
-    BrokerConnectionError,
-    CeleriacError,
     ConfigurationError,
     ConnectionBrokenError,
     ConnectionClosedError,
@@ -58,6 +55,7 @@ from ...exceptions import (
 from ..entities import Exchange, Queue, topic_matches
 from ..message import Message
 from . import _redis_scripts as scripts
+from ._redis_common import map_redis_errors
 from ._redis_fanout import FanoutBuffer, Subscriber
 from ._redis_layout import (
     Layout,
@@ -91,13 +89,6 @@ logger = logging.getLogger("celeriac.messaging.redis")
 #: Messages per publish script call: bounds how long one call holds Redis.
 PUBLISH_CHUNK = 500
 
-#: redis-py failures that mean the connection broke (reconnecting may help).
-_BROKEN = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.ReadOnlyError,
-    OSError,
-)
 
 
 class _Claim:
@@ -282,21 +273,9 @@ class RedisTransport(Transport):
             )
         return client
 
-    @contextlib.contextmanager
-    def _map_errors(self) -> Iterator[None]:
+    def _map_errors(self) -> contextlib.AbstractContextManager[None]:
         """Turn redis-py's exceptions into celeriac's at the transport boundary."""
-        try:
-            yield
-        except CeleriacError:
-            raise
-        except redis_errors.AuthenticationError as exc:
-            raise ConfigurationError(
-                f"broker {self._where} refused the credentials: {exc}", key="broker_url"
-            ) from exc
-        except _BROKEN as exc:
-            raise ConnectionBrokenError(f"broker {self._where}: {exc}") from exc
-        except redis_errors.RedisError as exc:
-            raise BrokerConnectionError(f"broker {self._where} refused a command: {exc}") from exc
+        return map_redis_errors("broker", self._where, "broker_url")
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         client = self._require()
