@@ -253,6 +253,7 @@ class RedisOptions:
 
 # -- errors -------------------------------------------------------------------------------
 
+
 def map_errors(where: str) -> contextlib.AbstractContextManager[None]:
     """Turn redis-py's exceptions into celeriac's at the backend's boundary.
 
