@@ -13,6 +13,7 @@ queueing 20,000 tasks with Celery's ``delay()`` would take longer than draining 
 from __future__ import annotations
 
 import asyncio
+import math
 import os
 import shutil
 import signal
@@ -355,6 +356,9 @@ def drain(side: str, broker: Broker, pool: str, concurrency: int, stored: bool, 
 
 # -- round trip and memory (one idle worker) -------------------------------------------------
 
+#: No-op tasks run before the growth is measured (fills prefetch buffers, caches, arenas).
+RSS_WARMUP = 50_000
+
 
 @dataclass
 class Session:
@@ -362,6 +366,9 @@ class Session:
 
     latencies: list[float] = field(default_factory=list)
     rss_start: float = float("nan")
+    #: After a warm-up of as many tasks as the worker may hold at once, many times over:
+    #: growth is measured from here, so buffers filled once are not counted per task.
+    rss_warm: float = float("nan")
     rss_after: float = float("nan")
     tasks: int = 0
 
@@ -375,7 +382,8 @@ class Session:
     def growth_kib_per_1000(self) -> float:
         if not self.tasks:
             return float("nan")
-        return (self.rss_after - self.rss_start) / 1024 / (self.tasks / 1000)
+        base = self.rss_start if math.isnan(self.rss_warm) else self.rss_warm
+        return (self.rss_after - base) / 1024 / (self.tasks / 1000)
 
 
 def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: int,
@@ -415,6 +423,11 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
             feeder = client(broker)
             name = _compare_celeriac.task_name(pool if side == "celeriac" else "", False)
             try:
+                bulk_publish(feeder, name, RSS_WARMUP, batch)
+                executed += RSS_WARMUP
+                wait_for(broker, worker, executed, drain_timeout(RSS_WARMUP))
+                time.sleep(0.5)
+                session.rss_warm = worker.rss()
                 bulk_publish(feeder, name, rss_n, batch)
             finally:
                 feeder.close()

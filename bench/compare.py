@@ -396,8 +396,9 @@ def main(argv: list[str] | None = None) -> int:
               "results in Redis (lower is better)")
         print(roundtrip_table(idle))
     if idle and args.rss_n and "rss" in args.figures:
-        print(f"\n(4) worker RSS (worker + pool processes) after start and after {args.rss_n:,}"
-              " more no-op tasks (lower is better)")
+        print(f"\n(4) worker RSS (worker + pool processes) after start, and growth over"
+              f" {args.rss_n:,} no-op tasks run after a warm-up of {runs.RSS_WARMUP:,}"
+              " (lower is better)")
         print(rss_table(idle))
     checks = bars(cells)
     if checks:
