@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from typing import Any
 
 import pytest
 from textual.widgets import DataTable, Static
@@ -94,6 +95,14 @@ async def test_revoke_without_remote_control_says_so() -> None:
         assert any("remote control" in str(n.message) for n in app._notifications)
 
 
+async def until(pilot: Any, condition: Any, timeout: float = 10.0) -> None:
+    """Let the app refresh until ``condition()`` holds; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the view did not catch up in time"
+        await pilot.pause(0.05)
+
+
 async def test_the_view_follows_the_state_as_events_arrive() -> None:
     state = State()
     app = EventTop(state, refresh=0.05)
@@ -102,8 +111,8 @@ async def test_the_view_follows_the_state_as_events_arrive() -> None:
         assert tasks.row_count == 0
         state.event({"type": "task-received", "uuid": "late", "hostname": "w@h",
                      "timestamp": time.time(), "clock": 1, "name": "app.late"})  # fmt: skip
-        await pilot.pause(0.2)
-        assert tasks.row_count == 1 and cell(tasks, 0, "name") == "app.late"
+        await until(pilot, lambda: tasks.row_count == 1)
+        assert cell(tasks, 0, "name") == "app.late"
 
 
 async def test_the_capture_coroutine_runs_inside_the_app_and_is_cancelled_on_exit() -> None:
@@ -120,7 +129,6 @@ async def test_the_capture_coroutine_runs_inside_the_app_and_is_cancelled_on_exi
 
     app = EventTop(state, capture, refresh=0.05)
     async with app.run_test(size=(160, 40)) as pilot:
-        await pilot.pause(0.2)
-        assert app.query_one("#tasks", DataTable).row_count == 1
+        await until(pilot, lambda: app.query_one("#tasks", DataTable).row_count == 1)
     await asyncio.sleep(0)
     assert ran == ["cancelled"]
