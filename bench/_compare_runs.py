@@ -172,8 +172,15 @@ class Worker:
 WORKER_ARGS: dict[str, list[str]] = {"celeriac": [], "celery": []}
 
 
+def variant(pool: str) -> tuple[str, list[str]]:
+    """``"threads/-E"`` -> ``("threads", ["-E"])``: the pool and its extra worker args."""
+    name, *extras = pool.split("/")
+    return name, extras
+
+
 def spawn(side: str, broker: Broker, pool: str, concurrency: int) -> Worker:
     """Start ``celeriac worker`` or ``celery worker`` on ``broker``."""
+    pool, extras = variant(pool)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("CELERIAC_", "CELERY_"))}
     env.update(
         BENCH_BROKER_URL=broker.url,
@@ -189,7 +196,7 @@ def spawn(side: str, broker: Broker, pool: str, concurrency: int) -> Worker:
         args = [sys.executable, "-m", "celery", "-A", "_compare_celery", "-q", "worker",
                 "-P", pool, "-c", str(concurrency), "-l", "warning", "-n", node,
                 *CELERY_WORKER_FLAGS]
-    args += WORKER_ARGS[side]
+    args += WORKER_ARGS[side] + extras
     fd, log_name = tempfile.mkstemp(prefix=f"compare-{side}-", suffix=".log")
     with os.fdopen(fd, "wb") as out:
         started = time.time()
@@ -331,7 +338,7 @@ def drain(side: str, broker: Broker, pool: str, concurrency: int, stored: bool, 
     ``delay()`` instead of celeriac's bulk publish.
     """
     broker.reset()
-    name = _compare_celeriac.task_name(pool if side == "celeriac" else "", stored)
+    name = _compare_celeriac.task_name(variant(pool)[0] if side == "celeriac" else "", stored)
     if side == "celery" and native_celery_queue:
         capp = _celery_app(broker)
         try:
@@ -396,7 +403,7 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
     try:
         if side == "celeriac":
             app = client(broker)
-            call = app.tasks[_compare_celeriac.task_name(pool, True)].delay
+            call = app.tasks[_compare_celeriac.task_name(variant(pool)[0], True)].delay
         else:
             app = _celery_app(broker)
             call = app.tasks["bench.noop_stored"].delay
@@ -421,7 +428,8 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
             app.close()
         if rss_n:
             feeder = client(broker)
-            name = _compare_celeriac.task_name(pool if side == "celeriac" else "", False)
+            bare = variant(pool)[0] if side == "celeriac" else ""
+            name = _compare_celeriac.task_name(bare, False)
             try:
                 bulk_publish(feeder, name, RSS_WARMUP, batch)
                 executed += RSS_WARMUP

@@ -106,13 +106,17 @@ def run_cell(cell: Cell, retries: int) -> None:
 
 
 def parse_pools(spec: str, allowed: Sequence[str]) -> list[tuple[str, int]]:
+    """``pool[:concurrency][/worker-arg/...]``: extra worker arguments after ``/`` make a
+    variant of its own (``threads:8/-E`` beside ``threads:8`` measures events on vs off)."""
     pools = []
     for item in (p.strip() for p in spec.split(",") if p.strip()):
-        name, _, conc = item.partition(":")
+        head, *extras = item.split("/")
+        name, _, conc = head.partition(":")
         if name not in allowed:
             raise SystemExit(f"unknown pool {name!r}; choose from {', '.join(allowed)}")
+        label = "/".join([name, *extras])
         try:
-            pools.append((name, int(conc) if conc else DEFAULT_CONCURRENCY[name]))
+            pools.append((label, int(conc) if conc else DEFAULT_CONCURRENCY[name]))
         except ValueError:
             raise SystemExit(f"bad concurrency in {item!r}: expected pool:<integer>") from None
     return pools
