@@ -174,3 +174,15 @@ def test_options_accept_kombus_names_and_refuse_others() -> None:
     with pytest.raises(ConfigurationError) as info:
         RedisTransportOptions.parse({"password": 1234})
     assert "1234" not in str(info.value)
+
+
+def test_fanout_subscriptions_follow_the_binding_key_as_kombu_does() -> None:
+    layout = Layout(prefix="p:", db=0)
+    # A wildcard key needs only the channels its words can match
+    assert layout.fanout_patterns("celeryev", "worker.#") == ("p:/0.celeryev/worker.*",)
+    assert layout.fanout_patterns("celeryev", "task.*") == ("p:/0.celeryev/task.*",)
+    assert layout.fanout_patterns("celeryev", "#") == ("p:/0.celeryev", "p:/0.celeryev/*")
+    # Glob characters of names are escaped; any other key takes the whole exchange
+    assert layout.fanout_patterns("e[1]", "a.*") == ("p:/0.e\\[1\\]/a.*",)
+    assert layout.fanout_patterns("bus", "plain") == ("p:/0.bus", "p:/0.bus/*")
+    assert layout.fanout_patterns("bus") == ("p:/0.bus", "p:/0.bus/*")

@@ -28,6 +28,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from ..messaging.entities import Exchange
 from ..messaging.message import Message
 from ..messaging.transports.base import Outgoing, Transport
@@ -269,7 +271,17 @@ class EventDispatcher:
         if routing_key is None:
             assert isinstance(body, dict)
             routing_key = routing_key_for(body["type"])
-        content_type, encoding, data = dumps(body, self.serializer)
+        if self.serializer == "json":
+            try:
+                # Events are plain values we built (no UUID or datetime objects): skip the
+                # general encoder's scan for UUID-looking strings, which every event's
+                # ``uuid`` field would trigger.
+                data = orjson.dumps(body)
+                content_type, encoding = "application/json", "utf-8"
+            except TypeError:
+                content_type, encoding, data = dumps(body, self.serializer)
+        else:
+            content_type, encoding, data = dumps(body, self.serializer)
         message = Message(
             data,
             headers=dict(self._headers),

@@ -187,6 +187,10 @@ def topic_pattern(binding_key: str) -> str:
 _GLOB_SPECIAL = re.compile(r"([\\*?\[\]])")
 
 
+def _glob_escape(text: str) -> str:
+    return _GLOB_SPECIAL.sub(r"\\\1", text)
+
+
 class Layout:
     """Key and channel names for one prefix, separator, step list and db."""
 
@@ -274,9 +278,18 @@ class Layout:
         base = f"{self.prefix}{self.fanout_prefix}{exchange}"
         return f"{base}/{routing_key}" if routing_key else base
 
-    def fanout_patterns(self, exchange: str) -> tuple[str, str]:
-        """PSUBSCRIBE patterns that together see every message of ``exchange``."""
-        base = _GLOB_SPECIAL.sub(r"\\\1", f"{self.prefix}{self.fanout_prefix}{exchange}")
+    def fanout_patterns(self, exchange: str, binding_key: str | None = None) -> tuple[str, ...]:
+        """PSUBSCRIBE patterns for a queue bound to ``exchange`` with ``binding_key``.
+
+        A key with ``*`` or ``#`` needs only the channels its words can match, as kombu
+        subscribes (``worker.#`` -> ``.../worker.*``), so a gossiping worker does not
+        receive every task event; any other key takes every message of the exchange.
+        """
+        base = _glob_escape(f"{self.prefix}{self.fanout_prefix}{exchange}")
+        if binding_key and ("*" in binding_key or "#" in binding_key):
+            words = re.split(r"[*#]", binding_key)
+            pattern = base + "/" + "*".join(_glob_escape(w) for w in words)
+            return (base, pattern) if binding_key.startswith("#") else (pattern,)
         return base, base + "/*"
 
     def parse_channel(self, channel: str) -> tuple[str, str] | None:

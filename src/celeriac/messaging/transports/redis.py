@@ -202,7 +202,12 @@ class RedisTransport(Transport):
         self._subscriber = Subscriber(client, self._on_fanout, self._on_ready, self._on_failure)
         self._doorbells.clear()
         self._next_restore = 0.0
-        patterns = [p for ex in self._fanout_routes for p in self.layout.fanout_patterns(ex)]
+        patterns = [
+            p
+            for ex, routes in self._fanout_routes.items()
+            for key, _ in routes
+            for p in self.layout.fanout_patterns(ex, key)
+        ]
         if patterns:  # reconnected: listen again to what local queues are bound to
             with self._map_errors():
                 await self._subscriber.psubscribe(*patterns)
@@ -401,7 +406,7 @@ class RedisTransport(Transport):
             routes = self._fanout_routes.setdefault(exchange, [])
             if (key, queue) not in routes:
                 routes.append((key, queue))
-            patterns.extend(self.layout.fanout_patterns(exchange))
+            patterns.extend(self.layout.fanout_patterns(exchange, key))
         assert self._subscriber is not None
         with self._map_errors():
             await self._subscriber.psubscribe(*patterns)
