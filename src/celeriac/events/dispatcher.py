@@ -113,6 +113,9 @@ class EventDispatcher:
         clock: The node's Lamport clock (shared with the rest of the node).
         on_enabled: Called after :meth:`enable`.
         on_disabled: Called after :meth:`disable`.
+        flush_interval: Seconds between the end of one publish and the start of the next:
+            a busy node's events then travel in fewer, fuller messages (a worker uses a
+            few milliseconds). 0 publishes at the end of every loop iteration.
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class EventDispatcher:
         clock: LamportClock | None = None,
         on_enabled: Iterable[Callable[[], None]] = (),
         on_disabled: Iterable[Callable[[], None]] = (),
+        flush_interval: float = 0.0,
     ) -> None:
         if buffer_limit < 1:
             raise ValueError(f"buffer_limit must be >= 1, got {buffer_limit!r}")
@@ -140,6 +144,7 @@ class EventDispatcher:
         self.groups: frozenset[str] | None = frozenset(groups) if groups is not None else None
         self.buffer_group: frozenset[str] = frozenset(buffer_group or ())
         self.buffer_limit = buffer_limit
+        self.flush_interval = max(0.0, float(flush_interval))
         self.buffer_while_offline = buffer_while_offline
         self.offline_limit = offline_limit
         self.exchange_name = exchange
@@ -331,6 +336,8 @@ class EventDispatcher:
                 await self._publish(batch)
                 if self._offline and not self._pending and not self._packs:
                     break  # still offline: wait for a reconnect or the next event
+                if self.flush_interval:
+                    await asyncio.sleep(self.flush_interval)  # let the next batch fill up
         finally:
             self._scheduled = False
             if self._idle is not None:

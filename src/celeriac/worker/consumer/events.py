@@ -52,6 +52,9 @@ SW_IDENT = "py-celeriac"
 SW_SYS = platform.system()
 #: Longest repr of args, kwargs and results in events (Celery's limit).
 REPR_MAXLEN = 1024
+#: Seconds between two event publishes of a worker: under load its task events travel
+#: in a few full task.multi messages instead of one small publish per loop iteration.
+EVENT_FLUSH_INTERVAL = 0.005
 
 
 def task_received_fields(tm: TaskMessage) -> dict[str, Any]:
@@ -110,6 +113,7 @@ class Events(Step):
             groups=None if self.send_task_events else ["worker"],
             buffer_group=["task"],
             buffer_limit=24,
+            flush_interval=EVENT_FLUSH_INTERVAL,
             exchange=conf.event_exchange or "celeryev",
             serializer=conf.event_serializer or "json",
             clock=parent.worker.clock,
