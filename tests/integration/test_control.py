@@ -218,3 +218,23 @@ def test_autoscaler_grows_under_backlog_and_shrinks_when_idle(app: Celeriac) -> 
         assert stats is not None and stats["auto@h"]["autoscaler"]["max"] == 4
         RELEASE.set()
         wait(lambda: worker.pool.limit == 1, 10, "the pool to shrink back to 1")
+
+
+def test_revoke_by_stamped_headers_drops_held_and_later_messages(app: Celeriac) -> None:
+    stamped = {"stamped_headers": ["batch"]}
+    with start_worker(app, pool="threads", concurrency=1, hostname="st@h"):
+        # Given a task with the stamp batch=b1 due in a moment (it waits in the broker)
+        held = app.tasks["ctl.add"].apply_async(
+            (1, 1), countdown=1.5, headers={**stamped, "batch": "b1"}
+        )
+        # When tasks stamped batch=b1 are revoked
+        replies = app.control.revoke_by_stamped_headers({"batch": "b1"}, reply=True)
+        assert nodes(replies) == ["st@h"]
+        # Then the delayed one is revoked when due, and so is one sent afterwards with it,
+        # while other stamps and unstamped tasks still run
+        later = app.tasks["ctl.add"].apply_async((2, 2), headers={**stamped, "batch": "b1"})
+        other = app.tasks["ctl.add"].apply_async((3, 3), headers={**stamped, "batch": "b2"})
+        plain = app.tasks["ctl.add"].delay(4, 4)
+        assert other.get(timeout=10) == 6 and plain.get(timeout=10) == 8
+        wait(lambda: later.state == states.REVOKED, what="the later task to be revoked")
+        wait(lambda: held.state == states.REVOKED, what="the held task to be revoked")

@@ -640,11 +640,9 @@ def revoke_by_stamped_headers(
         return nok("no headers given")
     signum = _signum(signal)
     state = panel.state
-    hits = [
-        r
-        for r in list(state.active.values()) + list(state.reserved.values())
-        if _stamps_match(r, wanted)
-    ]
+    state.revoke_stamps(wanted)  # messages yet to come are dropped too
+    held = [*state.active.values(), *state.reserved.values(), *state.scheduled.values()]
+    hits = [r for r in held if state.stamp_revoked(r.tm.headers)]
     ids = list(dict.fromkeys(r.id for r in hits))
     terminated = panel.revoke_ids(ids, bool(terminate), signum)
     shown = {k: sorted(v) for k, v in wanted.items()}
@@ -663,17 +661,6 @@ def _stamp_map(headers: Any) -> dict[str, set[str]]:
         values = value if isinstance(value, list | tuple | set) else [value]
         out.setdefault(str(key), set()).update(str(v) for v in values)
     return out
-
-
-def _stamps_match(request: Request, wanted: dict[str, set[str]]) -> bool:
-    headers = request.tm.headers
-    stamps = headers.get("stamps") or {}
-    for key, values in wanted.items():
-        got = stamps.get(key, headers.get(key))
-        got_values = got if isinstance(got, list | tuple) else [got]
-        if any(str(g) in values for g in got_values if g is not None):
-            return True
-    return False
 
 
 @command("control", args=(("task_name", str), ("rate_limit", str)))

@@ -19,6 +19,8 @@ __all__ = ["WorkerState", "REVOKES_MAX", "REVOKE_EXPIRES"]
 #: How many revoked ids are remembered (Celery's default), and for how long (seconds).
 REVOKES_MAX = 50_000
 REVOKE_EXPIRES = 10_800.0
+#: Most stamp values remembered by revoke_by_stamped_headers (the oldest go first).
+REVOKED_STAMPS_MAX = 10_000
 
 
 class WorkerState:
@@ -32,9 +34,39 @@ class WorkerState:
         #: Held until their ETA (or a rate-limit token), by task id.
         self.scheduled: dict[str, Request] = {}
         self.revoked = LimitedSet(maxlen=REVOKES_MAX, expires=REVOKE_EXPIRES)
+        #: Stamped header -> revoked values (``revoke_by_stamped_headers``); empty unless
+        #: used, so the per-message check is one truthiness test.
+        self.revoked_stamps: dict[str, LimitedSet] = {}
         #: Finished executions per task name.
         self.total_count: Counter[str] = Counter()
         self.all_total_count = 0
+
+    def revoke_stamps(self, wanted: dict[str, set[str]]) -> None:
+        """Remember stamp values whose tasks are revoked, for messages yet to come."""
+        for key, values in wanted.items():
+            known = self.revoked_stamps.get(key)
+            if known is None:
+                known = self.revoked_stamps[key] = LimitedSet(
+                    maxlen=REVOKED_STAMPS_MAX, expires=REVOKE_EXPIRES
+                )
+            for value in values:
+                known.add(value)
+
+    def stamp_revoked(self, headers: dict[str, Any]) -> bool:
+        """True when one of the message's stamps has a revoked value.
+
+        A stamp is read from the ``stamps`` header or, as Celery writes them, from a header
+        of its own name.
+        """
+        stamps = headers.get("stamps") or {}
+        for key, values in self.revoked_stamps.items():
+            got = stamps.get(key, headers.get(key))
+            if got is None:
+                continue
+            for value in got if isinstance(got, list | tuple) else (got,):
+                if value is not None and str(value) in values:
+                    return True
+        return False
 
     def task_reserved(self, request: Request) -> None:
         self.reserved[request.id] = request

@@ -89,7 +89,7 @@ def default_strategy(task: Task[Any, Any], consumer: Consumer) -> Strategy:
         request = Request(consumer, message, task, tm)
         if info_enabled:
             logger.info("Task %s[%s] received", tm.name, tm.id)
-        if tm.id in revoked:
+        if tm.id in revoked or (state.revoked_stamps and state.stamp_revoked(tm.headers)):
             request.revoked("revoked")
             return
         if tm.expires is not None and request.is_expired():

@@ -299,7 +299,10 @@ class Consumer:
             self.held.pop(request.id, None)
             if self.task_consumer is not None:
                 self.task_consumer.prefetch_count -= 1
-            if request.id in self.state.revoked:
+            state = self.state
+            if request.id in state.revoked or (
+                state.revoked_stamps and state.stamp_revoked(request.tm.headers)
+            ):
                 request.revoked("revoked")
             elif request.is_expired():
                 request.revoked("expired")
