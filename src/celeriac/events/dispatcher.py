@@ -231,14 +231,17 @@ class EventDispatcher:
 
         ``blind`` events carry no clock (``clock`` is None) and do not advance it.
         """
-        event: Event = dict(fields)
+        return self._stamp_in_place(type, dict(fields), blind)
+
+    def _stamp_in_place(self, type: str, event: Any, blind: bool) -> Event:
+        """:meth:`stamp` on a dict this dispatcher owns (``send``'s keyword arguments)."""
         event["hostname"] = self.hostname
         event["utcoffset"] = self.utcoffset
         event["pid"] = self.pid
         event["clock"] = None if blind else self.clock.forward()
         event["timestamp"] = time.time()
         event["type"] = type
-        return event
+        return event  # type: ignore[no-any-return]
 
     def send(self, type: str, *, blind: bool = False, **fields: Any) -> Event | None:
         """Queue one event for this loop iteration's publish; returns it, or None if dropped.
@@ -253,7 +256,7 @@ class EventDispatcher:
         if self.groups is not None and group not in self.groups:
             self._filtered += 1
             return None
-        event = self.stamp(type, fields, blind)
+        event = self._stamp_in_place(type, fields, blind)
         self._sent += 1
         if group in self.buffer_group:
             pack = self._packs.get(group)

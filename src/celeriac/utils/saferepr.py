@@ -98,6 +98,10 @@ def _tokens(obj: Any, maxlen: int, level: int, seen: set[int]) -> Iterator[str]:
     seen.discard(id(obj))
 
 
+#: Types whose ``repr`` is safe, cheap and flat.
+_SCALARS = frozenset({type(None), bool, int, float})
+
+
 def saferepr(obj: Any, maxlen: int = 1024, maxlevels: int = DEFAULT_MAXLEVELS) -> str:
     """Return ``repr(obj)`` cut to at most ``maxlen`` characters, never raising.
 
@@ -115,6 +119,13 @@ def saferepr(obj: Any, maxlen: int = 1024, maxlevels: int = DEFAULT_MAXLEVELS) -
     """
     if isinstance(maxlen, bool) or not isinstance(maxlen, int) or maxlen < 1:
         raise ValueError(f"saferepr maxlen must be an int >= 1, got {maxlen!r}")
+    if type(obj) in _SCALARS:  # the common results (None, numbers): no tokenizer
+        try:
+            text = repr(obj)
+        except ValueError:  # an int past sys.get_int_max_str_digits: the slow path says so
+            text = ""
+        if text and len(text) <= maxlen:
+            return text
     parts: list[str] = []
     size = 0
     try:
