@@ -449,3 +449,23 @@ def test_unknown_pool_name_lists_the_choices() -> None:
     with pytest.raises(ConfigurationError, match=r"did you mean 'threads'.*asyncio, prefork"):
         get_pool_cls("thread")
     assert get_pool_cls("processes") is get_pool_cls("prefork")
+
+
+def test_prefork_recalled_jobs_do_not_use_up_a_childs_task_budget() -> None:
+    async def scenario(pool: Pool, rec: Recorder) -> None:
+        # Given a one-child pool that may run two jobs per child: one running, one
+        # handed to it ahead of time
+        submit(pool, rec, "first", "t.sleep", 0.3)
+        await rec.until(lambda: "first" in rec.started)
+        held = submit(pool, rec, "held", "t.pid")
+        await asyncio.sleep(0.02)
+        # When the job handed ahead is taken back (a revoke or a warm shutdown does)
+        assert pool.take_pending() == [held]
+        await rec.outcome("first")
+        # Then the child still has room for a second job, and is replaced after it
+        submit(pool, rec, "second", "t.pid")
+        assert (await rec.outcome("second")).retval == rec.started["first"]
+        submit(pool, rec, "third", "t.pid")
+        assert (await rec.outcome("third")).retval != rec.started["first"]
+
+    run("prefork", scenario, limit=1, max_tasks_per_child=2)

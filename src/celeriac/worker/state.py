@@ -56,11 +56,17 @@ class WorkerState:
         """True when one of the message's stamps has a revoked value.
 
         A stamp is read from the ``stamps`` header or, as Celery writes them, from a header
-        of its own name.
+        of its own name that ``stamped_headers`` lists.
         """
-        stamps = headers.get("stamps") or {}
+        stamps = headers.get("stamps")
+        if not isinstance(stamps, dict):
+            stamps = {}
+        named = headers.get("stamped_headers")
+        named = named if isinstance(named, list | tuple) else ()
         for key, values in self.revoked_stamps.items():
-            got = stamps.get(key, headers.get(key))
+            # A header of the stamp's own name counts only if the message says it is a
+            # stamp, so revoking "task=..." cannot drop every task of that name.
+            got = stamps.get(key, headers.get(key) if key in named else None)
             if got is None:
                 continue
             for value in got if isinstance(got, list | tuple) else (got,):

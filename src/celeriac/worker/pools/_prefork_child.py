@@ -30,7 +30,7 @@ import struct
 import sys
 import traceback
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from types import FrameType
 from typing import Any, NoReturn
 
@@ -80,12 +80,21 @@ class Handover:
             _U64.pack_into(self.memory, 8, number)
             return True
 
-    def recall(self, upto: int) -> int:
+    def recall(self, upto: int, alive: Callable[[], bool] = lambda: True) -> int | None:
         """Parent: no job numbered ``upto`` or lower may start from now on; returns the
-        number of the last job that did start."""
-        with self.lock:
+        number of the last job that did start.
+
+        Returns None when the child died holding the lock (``alive()`` turned false while
+        waiting): nothing is known, and the child's exit reports its jobs.
+        """
+        while not self.lock.acquire(timeout=0.05):
+            if not alive():
+                return None
+        try:
             _U64.pack_into(self.memory, 0, upto)
             return int(_U64.unpack_from(self.memory, 8)[0])
+        finally:
+            self.lock.release()
 
     def close(self) -> None:
         self.memory.close()

@@ -86,6 +86,7 @@ class _Child:
     """The parent's view of one child process."""
 
     __slots__ = (
+        "assigned",
         "buffer",
         "count",
         "entry",
@@ -120,7 +121,10 @@ class _Child:
         #: True while it runs a job with a time limit (nothing may queue behind it).
         self.exclusive = False
         self.count = 0
+        #: Jobs sent, ever (the child numbers them in this order).
         self.sent = 0
+        #: Jobs sent and not taken back: what counts against ``max_tasks_per_child``.
+        self.assigned = 0
         self.retiring = False
         self.kill_reason: str | None = None
         self.outbox: memoryview | None = None
@@ -181,22 +185,39 @@ class PreforkPool(Pool):
         time, which the child will now never start (see :class:`_child.Handover`)."""
         taken = list(self._pending)
         self._pending.clear()
-        for child in self._children.values():
-            if len(child.queue) <= (child.entry is not None) or child.exited:
-                continue
-            started = child.handover.recall(child.sent)
-            keep: deque[Entry] = deque()
-            for entry in child.queue:
-                if entry.number <= started:
-                    keep.append(entry)
-                else:
-                    entry.state = PENDING
-                    self._running.discard(entry)
-                    taken.append(entry)
-            child.queue = keep
+        for child in list(self._children.values()):
+            if len(child.queue) > (child.entry is not None) and not child.exited:
+                taken.extend(self._recall(child)[1])
         taken.sort(key=lambda e: e.order)
         self._notify()
         return [entry.job for entry in taken]
+
+    def _recall(self, child: _Child) -> tuple[int | None, list[Entry]]:
+        """Take back every job handed to ``child`` that it has not started.
+
+        Returns the number of the last job it started (None if it died holding the
+        handover lock: its exit reports its jobs) and the jobs taken back, in order.
+        """
+        started = child.handover.recall(child.sent, lambda: _alive(child))
+        if started is None:
+            return None, []
+        keep: deque[Entry] = deque()
+        taken: list[Entry] = []
+        for entry in child.queue:
+            if entry.number <= started:
+                keep.append(entry)
+            else:
+                entry.state = PENDING
+                self._running.discard(entry)
+                taken.append(entry)
+        child.queue = keep
+        child.assigned -= len(taken)
+        child.exclusive = any(_limited(e) for e in keep)
+        most = self.max_tasks_per_child
+        if most and not keep and child.assigned >= most and not self._closing:
+            self._retire(child)
+            self._spawn()
+        return started, taken
 
     @property
     def num_active(self) -> int:
@@ -282,6 +303,16 @@ class PreforkPool(Pool):
             return False
         if entry.state != RUNNING:
             return False
+        # The child may already have finished this job and started the next one (its
+        # records not read yet): stop it starting anything more, and signal only if the
+        # job it runs is still this one. Jobs behind it go to another child.
+        started, behind = self._recall(child)
+        for waiting in reversed(behind):
+            self._pending.appendleft(waiting)
+        if started is None or started > entry.number:
+            if self._pending:
+                self._dispatch()
+            return False
         sig = signal.SIGKILL if signum is None or signum in _IGNORED_IN_CHILD else signum
         entry.state = DONE
         self._running.discard(entry)
@@ -363,7 +394,7 @@ class PreforkPool(Pool):
                 or child.retiring
                 or child.exited
                 or child.job_fd is None
-                or (most is not None and child.sent >= most)
+                or (most is not None and child.assigned >= most)
             ):
                 continue
             if best is None or held < len(best.queue):
@@ -400,6 +431,7 @@ class PreforkPool(Pool):
             self._running.add(entry)
             child.queue.append(entry)
             child.sent += 1
+            child.assigned += 1
             entry.number = child.sent
             child.exclusive = exclusive
             frames.setdefault(child, []).append(frame)
@@ -563,7 +595,7 @@ class PreforkPool(Pool):
         if child.exited:
             return
         most = self.max_tasks_per_child
-        if most and child.count >= most and not child.queue and not self._closing:
+        if most and child.assigned >= most and not child.queue and not self._closing:
             self._retire(child)
             self._spawn()
         if self._pending:
@@ -624,6 +656,8 @@ class PreforkPool(Pool):
                     _describe_exit(child, status, entry.job.id), child.pid, runtime
                 )
             call_on_done(entry, outcome)
+        if child.retiring and self._pending and not self._closing:
+            self._dispatch()  # jobs it held came back; no replacement will ask for them
         if not child.retiring and not self._closing:
             delay = 0.0
             if child.kill_reason is None and entry is None:
@@ -682,6 +716,26 @@ class PreforkPool(Pool):
         info = super().info()
         info["idle-processes"] = sum(1 for c in self._children.values() if not c.queue)
         return info
+
+
+def _limited(entry: Entry) -> bool:
+    job = entry.job
+    return bool(job.time_limit or job.soft_time_limit)
+
+
+def _alive(child: _Child) -> bool:
+    """Whether the child process still runs (not exited, not a zombie)."""
+    if child.exited:
+        return False
+    try:
+        with open(f"/proc/{child.pid}/stat", "rb") as f:
+            return f.read().rsplit(b")", 1)[-1].split()[0] != b"Z"
+    except OSError:
+        try:
+            os.kill(child.pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
 
 
 def _describe_status(status: int) -> str:
