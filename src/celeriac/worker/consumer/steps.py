@@ -54,8 +54,8 @@ class Tasks(Step):
     seconds of them (at the rate they are finishing, at most :data:`MAX_BURST`) beyond
     ``worker_prefetch_multiplier`` x concurrency, so it claims in batches big enough that
     the broker round trips do not bound the rate. Long tasks finish slowly, so the burst
-    stays near zero and the prefetch limit means what it always meant; 0 (or
-    ``worker_disable_prefetch``) switches the burst off.
+    stays near zero and the prefetch limit means what it always meant; 0, a prefetch
+    multiplier of 1 or ``worker_disable_prefetch`` switch the burst off.
     """
 
     label = "Tasks"
@@ -78,8 +78,12 @@ class Tasks(Step):
         )
         self.task = asyncio.ensure_future(c.task_consumer.run())
         c.consume_task = self.task
-        window = float(c.app.conf.worker_prefetch_burst or 0.0)
-        if window > 0 and not c.app.conf.worker_disable_prefetch:
+        conf = c.app.conf
+        window = float(conf.worker_prefetch_burst or 0.0)
+        # A multiplier of 1 (or none: unlimited) is a deliberate choice, usually for long
+        # tasks shared fairly between workers: the burst keeps out of its way.
+        multiplier = int(conf.worker_prefetch_multiplier or 0)
+        if window > 0 and multiplier > 1 and not conf.worker_disable_prefetch:
             self.tuner = asyncio.ensure_future(self._follow_rate(c, window))
 
     async def _follow_rate(self, c: Consumer, window: float) -> None:
