@@ -15,6 +15,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
+from ..utils.tasks import cancel_and_wait
 from .bootsteps import Step
 from .components import Pool
 
@@ -185,12 +186,7 @@ class AutoscalerStep(Step):
 
     async def stop(self, w: WorkController) -> None:
         task, self.task = self.task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task, logger, "autoscaler")
 
     async def terminate(self, w: WorkController) -> None:
         await self.stop(w)

@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ..utils.tasks import cancel_and_wait
 from .bootsteps import Step
 from .components import Pool
 
@@ -172,10 +173,7 @@ class StateDB(Step):
 
     async def stop(self, w: WorkController) -> None:
         task, self.task = self.task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         db = w.statedb
         if db is not None:
             db.cancel()

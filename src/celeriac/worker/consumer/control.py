@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ...exceptions import BrokerConnectionError, ConnectionClosedError
 from ...messaging.mailbox import Mailbox, Node
+from ...utils.tasks import cancel_and_wait
 from ..bootsteps import Step
 from ..control import Panel
 
@@ -80,10 +81,4 @@ class Control(Step):
         if self.node is not None:
             self.node.stop()
         task, self.task = self.task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except BaseException as exc:  # cancelled, or a late broker error at stop
-                if not isinstance(exc, asyncio.CancelledError):
-                    logger.debug("remote control ended with %r", exc)
+        await cancel_and_wait(task, logger, "remote control")

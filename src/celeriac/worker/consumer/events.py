@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 from ... import __version__
 from ...events.dispatcher import EventDispatcher
 from ...utils.saferepr import saferepr
+from ...utils.tasks import cancel_and_wait
 from ..bootsteps import Step
 from .mingle import Mingle
 from .steps import Connection
@@ -190,9 +191,4 @@ class Heart(Step):
 
     async def stop(self, c: Consumer) -> None:
         task, self.task = self.task, None
-        if task is not None:
-            task.cancel()
-            try:
-                await task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(task, logger, "heartbeat")

@@ -29,6 +29,7 @@ from ...canvas import Signature
 from ...events.receiver import EventReceiver
 from ...events.state import State, Worker
 from ...exceptions import BrokerConnectionError, ConnectionClosedError
+from ...utils.tasks import cancel_and_wait
 from ..bootsteps import Step
 from .events import Events
 
@@ -135,14 +136,7 @@ class Gossip(Step):
         if self.receiver is not None:
             self.receiver.stop()
         tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            try:
-                await task
-            except BaseException as exc:
-                if not isinstance(exc, asyncio.CancelledError):
-                    logger.debug("gossip ended with %r", exc)
+        await cancel_and_wait(tasks, logger, "gossip")
         for election in self.elections.values():
             if election.timer is not None:
                 election.timer.cancel()

@@ -10,6 +10,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from ...messaging.consumer import Consumer as MessageConsumer
+from ...utils.tasks import cancel_and_wait
 from ..bootsteps import Step
 
 if TYPE_CHECKING:
@@ -100,9 +101,8 @@ class Tasks(Step):
                 c.task_consumer.burst = min(MAX_BURST, int(rate * window))
 
     async def stop(self, c: Consumer) -> None:
-        if self.tuner is not None:
-            self.tuner.cancel()
-            self.tuner = None
+        tuner, self.tuner = self.tuner, None
+        await cancel_and_wait(tuner)
         if c.task_consumer is not None:
             c.task_consumer.stop()
         if self.task is not None:
