@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.redis_keys import delete_matching
+
 from .support import E2E, REDIS_URL, require_redis
 
 
@@ -36,7 +38,5 @@ def redis_e2e(tmp_path: Path) -> Iterator[E2E]:
     finally:
         env.close()
         client = redis.Redis.from_url(REDIS_URL)
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        for start in range(0, len(keys), 500):
-            client.delete(*keys[start : start + 500])
+        delete_matching(client, f"{prefix}*")
         client.close()

@@ -240,15 +240,20 @@ class E2E:
         return portal.run(length())
 
     def close(self) -> None:
-        for proc in self.processes:
-            # Also after the leader exited: orphaned pool children stay in its group.
-            proc.kill_group(signal.SIGKILL)
-            try:
-                proc.popen.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - nothing more we can do
-                pass
+        kill_all(self.processes)
         if self._client is not None:
             self._client.close()
+
+
+def kill_all(processes: list[Process]) -> None:
+    """SIGKILL every process group started by a test and reap the leaders."""
+    for proc in processes:
+        # Also after the leader exited: orphaned pool children stay in its group.
+        proc.kill_group(signal.SIGKILL)
+        try:
+            proc.popen.wait(10)
+        except subprocess.TimeoutExpired:  # pragma: no cover - nothing more we can do
+            pass
 
 
 def report(name: str, **figures: Any) -> None:

@@ -42,6 +42,12 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _kill(process: subprocess.Popen[bytes] | None) -> None:
+    if process is not None:
+        process.kill()
+        process.wait(10)
+
+
 def _wait_for_port(port: int, timeout: float = 10.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -78,10 +84,8 @@ class RedisServer:
         return self
 
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            process.kill()
-            process.wait(10)
+        _kill(self.process)
+        self.process = None
 
     def restart(self, down_for: float = 0.0) -> None:
         self.stop()
@@ -112,10 +116,8 @@ class SentinelServer:
         return self
 
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            process.kill()
-            process.wait(10)
+        _kill(self.process)
+        self.process = None
 
 
 def _openssl(*args: str, cwd: Path) -> None:
@@ -168,7 +170,5 @@ class TlsRedisServer:
         return self
 
     def stop(self) -> None:
-        process, self.process = self.process, None
-        if process is not None:
-            process.kill()
-            process.wait(10)
+        _kill(self.process)
+        self.process = None

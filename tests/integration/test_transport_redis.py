@@ -17,6 +17,7 @@ import pytest
 from celeriac.exceptions import ConfigurationError, ConnectionBrokenError
 from celeriac.messaging import Connection, Consumer, Exchange, Message, Queue
 from celeriac.messaging.transports.base import Outgoing
+from tests.redis_keys import delete_matching
 
 from .conftest import require_transport
 from .redis_servers import RedisServer, SentinelServer, TlsRedisServer
@@ -41,9 +42,7 @@ def shared() -> Iterator[tuple[str, str, Any]]:
     prefix = f"t{uuid.uuid4().hex[:10]}:"
     raw = redis.Redis(host="127.0.0.1", port=6379, db=15)
     yield "redis://127.0.0.1:6379/15", prefix, raw
-    keys = list(raw.scan_iter(match=f"{prefix}*", count=1000))
-    if keys:
-        raw.delete(*keys)
+    delete_matching(raw, f"{prefix}*")
     raw.close()
 
 

@@ -11,7 +11,6 @@ deletes every key under the prefix.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import uuid
@@ -21,7 +20,8 @@ from typing import Any
 import redis
 
 from celeriac import Celeriac, states
-from tests.e2e.support import Process, wait_for
+from tests.e2e.support import Process, kill_all, wait_for
+from tests.redis_keys import delete_matching
 
 #: Directory of the peer app modules (``-A celeriac_peer`` / ``-A celery_peer``).
 APPS_DIR = Path(__file__).resolve().parent / "apps"
@@ -215,17 +215,10 @@ class Peers:
     # -- teardown ------------------------------------------------------------------------
 
     def close(self) -> None:
-        for proc in self.processes:
-            proc.kill_group(signal.SIGKILL)
-            try:
-                proc.popen.wait(10)
-            except subprocess.TimeoutExpired:  # pragma: no cover - nothing more we can do
-                pass
+        kill_all(self.processes)
         if self._celeriac is not None:
             self._celeriac.close()
         if self._celery is not None:
             self._celery.close()
-        keys = list(self.redis.scan_iter(match=f"{self.prefix}*", count=1000))
-        for start in range(0, len(keys), 500):
-            self.redis.delete(*keys[start : start + 500])
+        delete_matching(self.redis, f"{self.prefix}*")
         self.redis.close()

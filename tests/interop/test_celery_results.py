@@ -24,6 +24,7 @@ from celeriac.app import Celeriac
 from celeriac.backends.meta import exception_from_meta, make_meta
 from celeriac.backends.redis import RedisBackend
 from celeriac.result import AsyncResult
+from tests.redis_keys import delete_matching
 
 celery = pytest.importorskip("celery")
 CeleryResult = pytest.importorskip("celery.result").AsyncResult
@@ -39,9 +40,7 @@ def prefix() -> Iterator[str]:
     value = f"interop{uuid.uuid4().hex[:10]}"
     yield value
     client = redis.Redis.from_url(URL)
-    keys = list(client.scan_iter(match=f"{value}_*", count=1000))
-    if keys:
-        client.delete(*keys)
+    delete_matching(client, f"{value}_*")
     client.close()
 
 

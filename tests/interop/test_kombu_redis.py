@@ -19,6 +19,7 @@ import pytest
 
 from celeriac.messaging import Exchange, Message, Queue
 from celeriac.messaging.transports.base import Outgoing
+from tests.redis_keys import delete_matching
 
 from .conftest import require_service
 
@@ -40,9 +41,7 @@ def prefix() -> Iterator[str]:
     value = f"k{uuid.uuid4().hex[:10]}:"
     yield value
     raw = redis.Redis(host="127.0.0.1", port=6379, db=15)
-    keys = list(raw.scan_iter(match=f"{value}*", count=1000))
-    if keys:
-        raw.delete(*keys)
+    delete_matching(raw, f"{value}*")
     raw.close()
 
 
