@@ -5,13 +5,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-unit test-integration test-e2e lint bench bench-compare clean
+.PHONY: install demo test test-unit test-integration test-e2e lint bench bench-compare \
+	bench-peers clean
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "celeriac needs Python >= 3.11"'
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[dev,speed,redis]'
+	$(PY) -m pip install -q -e '.[dev,speed,redis,bench]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -41,6 +42,11 @@ bench: $(STAMP)
 # celeriac beside Celery 5 on the Redis at 127.0.0.1:6379 (database 13 is flushed; 12 counts).
 bench-compare: $(STAMP)
 	$(PY) bench/compare.py $(BENCH_ARGS)
+
+# Drain rate of Huey, taskiq and Dramatiq beside celeriac on the Redis at 127.0.0.1:6379
+# (database 10 is flushed; 11 counts). Quick check: make bench-peers BENCH_ARGS='--n 2000 --runs 1'
+bench-peers: $(STAMP)
+	$(PY) bench/peers.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache build *.egg-info
