@@ -309,12 +309,16 @@ class Celeriac:
             await backend.close()
 
     def close(self) -> None:
-        """Close the portal loop's connection and backend (sync code's)."""
+        """Close sync code's connections and backends: this thread's and the portal's."""
         if portal.in_portal_thread():
             raise RuntimeError("app.close() called on the portal loop: use await app.aclose()")
-        loop = portal.get_loop()
-        if loop in self._connections or loop in self._backends:
+        if self._uses(portal.caller_loop()):
             portal.run(self.aclose())
+        if portal.portal_started() and self._uses(portal.get_loop()):
+            portal.run_on_portal(self.aclose())
+
+    def _uses(self, loop: asyncio.AbstractEventLoop) -> bool:
+        return loop in self._connections or loop in self._backends
 
     # -- sending ----------------------------------------------------------------------------
 

@@ -206,7 +206,7 @@ def test_sync_get_on_the_portal_thread_is_refused(app: Celeriac) -> None:
         res.get(timeout=1)
 
     with pytest.raises(RuntimeError, match="portal loop"):
-        portal.run(call_sync_get())
+        portal.run_on_portal(call_sync_get())
 
 
 def test_sync_get_inside_a_running_task_is_refused(app: Celeriac) -> None:
