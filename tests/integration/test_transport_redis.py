@@ -350,3 +350,101 @@ def test_a_forked_child_must_reconnect(shared: tuple[str, str, Any]) -> None:
 
     assert run(main()) == 0
     assert raw.llen(f"{prefix}q") == 1
+
+
+def _script_calls(url: str) -> int:
+    client = redis.Redis.from_url(url)
+    try:
+        stats = client.info("commandstats")
+    finally:
+        client.close()
+    return sum(stats.get(f"cmdstat_{c}", {}).get("calls", 0) for c in ("evalsha", "eval"))
+
+
+def test_a_doorbell_wakes_only_the_fetches_of_its_queue(private_redis: RedisServer) -> None:
+    # Given one connection fetching two queues separately, polling rarely
+    url = private_redis.url
+
+    async def main() -> int:
+        t = await opened(url, polling_interval=30, unacked_restore_interval=600)
+        other = asyncio.ensure_future(t.fetch(["other"], 10, 5.0))
+        try:
+            for i in range(21):
+                if i == 1:  # the scripts are loaded and the doorbell subscribed
+                    before = _script_calls(url)
+                # When 20 messages arrive one at a time, each ringing the "jobs" doorbell
+                await t.publish([Outgoing(message(str(i).encode()), "", "jobs")])
+                got = await t.fetch(["jobs"], 10, 2.0)
+                assert [m.body for m in got] == [str(i).encode()]
+                await t.ack(got)
+            calls = _script_calls(url) - before
+            assert not other.done()
+            return calls
+        finally:
+            other.cancel()
+            await t.close()
+
+    # Then the broker saw one publish, one claim and one ack per message: the fetch on
+    # "other" never claimed on "jobs"' doorbells
+    assert run(main()) == 60
+
+
+def test_after_a_short_claim_the_next_fetch_waits_for_the_doorbell(
+    private_redis: RedisServer,
+) -> None:
+    url = private_redis.url
+
+    async def main() -> tuple[int, list[bytes]]:
+        t = await opened(url, polling_interval=30, unacked_restore_interval=600)
+        try:
+            for body in (b"0", b"1"):  # the second time round, the scripts are loaded
+                await t.publish([Outgoing(message(body), "", "jobs")])
+                first = await t.fetch(["jobs"], 10, 1.0)  # fewer than asked: list empty
+                await t.ack(first)
+            before = _script_calls(url)
+            # Given nothing new, the next fetch makes no claim while it waits
+            assert await t.fetch(["jobs"], 10, 0.2) == []
+            idle_calls = _script_calls(url) - before
+            # and a publish meanwhile still wakes it at once
+            later = asyncio.ensure_future(t.fetch(["jobs"], 10, 5.0))
+            await asyncio.sleep(0.05)
+            started = time.monotonic()
+            await t.publish([Outgoing(message(b"2"), "", "jobs")])
+            got = await later
+            assert time.monotonic() - started < 2.0
+            return idle_calls, [m.body for m in got]
+        finally:
+            await t.close()
+
+    assert run(main()) == (0, [b"2"])
+
+
+def test_fetches_that_subscribe_at_once_both_hear_their_doorbells(
+    private_redis: RedisServer,
+) -> None:
+    # Given a fresh connection whose first two fetches subscribe at the same moment
+    # (a worker's task and control consumers at start-up), polling rarely
+    url = private_redis.url
+
+    async def main() -> list[float]:
+        t = await opened(url, polling_interval=30, unacked_restore_interval=600)
+        try:
+            # (a command in flight holds the pooled connection, so each subscription
+            # has to open one)
+            busy = asyncio.ensure_future(t.queue_length("x"))
+            waits = [asyncio.ensure_future(t.fetch([q], 10, 10.0)) for q in ("a", "b")]
+            await busy
+            await asyncio.sleep(0.1)
+            took = []
+            # When a message arrives for each
+            for q, fetch in zip(("a", "b"), waits, strict=True):
+                started = time.monotonic()
+                await t.publish([Outgoing(message(q.encode()), "", q)])
+                assert [m.body for m in await fetch] == [q.encode()]
+                took.append(time.monotonic() - started)
+            return took
+        finally:
+            await t.close()
+
+    # Then each fetch is woken by its doorbell, not by the next poll 30 s later
+    assert max(run(main())) < 2.0

@@ -62,29 +62,40 @@ class Subscriber:
         self._pings = 0
         #: The exception that ended the reader, if it failed.
         self.failure: BaseException | None = None
+        #: (Un)subscriptions one at a time: two first ones at once would each open a
+        #: connection, and the reader would read only one of them (doorbells lost).
+        self._changing: asyncio.Lock | None = None
+
+    def _lock(self) -> asyncio.Lock:
+        if self._changing is None:
+            self._changing = asyncio.Lock()
+        return self._changing
 
     async def psubscribe(self, *patterns: str) -> None:
-        new = [p for p in patterns if p not in self.patterns]
-        if new:
-            await self._ensure().psubscribe(*new)
-            self.patterns.update(new)
-            self._start()
+        async with self._lock():
+            new = [p for p in patterns if p not in self.patterns]
+            if new:
+                await self._ensure().psubscribe(*new)
+                self.patterns.update(new)
+                self._start()
 
     async def punsubscribe(self, *patterns: str) -> None:
-        gone = [p for p in patterns if p in self.patterns]
-        if gone and self._pubsub is not None:
-            self.patterns.difference_update(gone)
-            await self._pubsub.punsubscribe(*gone)
+        async with self._lock():
+            gone = [p for p in patterns if p in self.patterns]
+            if gone and self._pubsub is not None:
+                self.patterns.difference_update(gone)
+                await self._pubsub.punsubscribe(*gone)
 
     async def subscribe(self, *channels: str) -> bool:
         """Subscribe to doorbells; True when something new was subscribed."""
-        new = [c for c in channels if c not in self.channels]
-        if not new:
-            return False
-        await self._ensure().subscribe(*new)
-        self.channels.update(new)
-        self._start()
-        return True
+        async with self._lock():
+            new = [c for c in channels if c not in self.channels]
+            if not new:
+                return False
+            await self._ensure().subscribe(*new)
+            self.channels.update(new)
+            self._start()
+            return True
 
     async def sync(self, timeout: float = 5.0) -> None:
         """Return once every message published before this call has been handled.

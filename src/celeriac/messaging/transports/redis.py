@@ -104,6 +104,22 @@ class _Claim:
         self.raw = raw
 
 
+class _Bell:
+    """What one set of fetched queues waits on between claims.
+
+    A bell rings only for its own queues' doorbells (and for every failure or close), so
+    the control consumer does not claim on every task's doorbell. ``idle_until`` records
+    that the last claim came back short, which means the queues' lists were empty when it
+    ran: until then, or until the bell rings, another claim could only find nothing.
+    """
+
+    __slots__ = ("event", "idle_until")
+
+    def __init__(self) -> None:
+        self.event = asyncio.Event()
+        self.idle_until = 0.0
+
+
 class _FanoutReceipt:
     """The receipt of a fanout message: it lives only in this process's buffer."""
 
@@ -161,7 +177,9 @@ class RedisTransport(Transport):
         self._forks = _forks
         self._rotation = 0
         self._next_restore = 0.0
-        self._bell: asyncio.Event | None = None
+        #: One bell per set of queues fetched together; queue name -> the bells it rings.
+        self._bells: dict[tuple[str, ...], _Bell] = {}
+        self._listeners: dict[str, list[_Bell]] = {}
         #: Queue lists whose doorbells this connection's subscriber already listens to.
         self._doorbells: set[tuple[str, ...]] = set()
         #: Exchange name -> type, as declared here or found in ``_celeriac.exchanges``.
@@ -198,7 +216,6 @@ class RedisTransport(Transport):
         self._scripts = {
             name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
         }
-        self._bell = asyncio.Event()
         self._subscriber = Subscriber(client, self._on_fanout, self._on_ready, self._on_failure)
         self._doorbells.clear()
         self._next_restore = 0.0
@@ -244,9 +261,7 @@ class RedisTransport(Transport):
     async def _drop(self) -> None:
         subscriber, self._subscriber = self._subscriber, None
         client, self._client = self._client, None
-        bell, self._bell = self._bell, None
-        if bell is not None:
-            bell.set()  # waiting fetches notice the close
+        self._ring_all()  # waiting fetches notice the close
         if subscriber is not None:
             await subscriber.stop()
         if client is not None:
@@ -289,33 +304,48 @@ class RedisTransport(Transport):
 
     # -- pub/sub callbacks (on this loop) -------------------------------------------------
 
-    def _ring(self) -> None:
-        bell = self._bell
-        if bell is not None:
-            self._bell = asyncio.Event()
-            bell.set()
+    def _bell_for(self, names: tuple[str, ...]) -> _Bell:
+        bell = self._bells.get(names)
+        if bell is None:
+            if len(self._bells) > 64:  # queue sets come and go (control, add_consumer)
+                self._ring_all()
+                self._bells.clear()
+                self._listeners.clear()
+            bell = self._bells[names] = _Bell()
+            for name in names:
+                self._listeners.setdefault(name, []).append(bell)
+        return bell
+
+    def _ring(self, queue: str) -> None:
+        for bell in self._listeners.get(queue, ()):
+            bell.event.set()
+
+    def _ring_all(self) -> None:
+        for bell in self._bells.values():
+            bell.event.set()
 
     def _on_ready(self, channel: str) -> None:
-        self._ring()
+        prefix = self.layout.ready_prefix
+        if channel.startswith(prefix):
+            self._ring(channel[len(prefix) :])
+        else:
+            self._ring_all()
 
     def _on_failure(self, exc: BaseException) -> None:
         logger.warning("broker %s: subscription connection lost: %s", self._where, exc)
-        self._ring()
+        self._ring_all()
 
     def _on_fanout(self, channel: str, data: bytes) -> None:
         parsed = self.layout.parse_channel(channel)
         if parsed is None:
             return
         exchange, routing_key = parsed
-        delivered = False
         for key, queue in self._fanout_routes.get(exchange, ()):
             if _fanout_accepts(key, routing_key):
                 buffer = self._fanout.get(queue)
                 if buffer is not None:
                     buffer.push(data)
-                    delivered = True
-        if delivered:
-            self._ring()
+                    self._ring(queue)
 
     # -- topology ----------------------------------------------------------------------
 
@@ -478,28 +508,34 @@ class RedisTransport(Transport):
             if len(self._doorbells) > 64:
                 self._doorbells.clear()
             self._doorbells.add(key)
+        bell = self._bell_for(key)
+        event = bell.event
         while True:
-            bell = self._bell
-            if bell is None:
+            if self._client is None:
                 raise ConnectionClosedError(f"{self!r} was closed while fetching")
             await self._maybe_restore()
             out = self._take_fanout(names, limit)
-            due: float | None = None
-            if len(out) < limit:
-                claimed, due = await self._claim(names, limit - len(out))
+            wanted = limit - len(out)
+            if wanted > 0 and (event.is_set() or loop.time() >= bell.idle_until):
+                # cleared before the claim: a doorbell during the claim is kept
+                event.clear()
+                claimed, due = await self._claim(names, wanted)
                 out.extend(claimed)
+                if len(claimed) < wanted:  # the lists are empty: wait for the bell
+                    idle = self.settings.polling_interval
+                    bell.idle_until = loop.time() + (idle if due is None else min(idle, due))
+                else:
+                    bell.idle_until = 0.0
             if out:
                 return out
             now = loop.time()
             remaining = deadline - now
             if remaining <= 0:
                 return out
-            wait = min(remaining, self.settings.polling_interval, self._next_restore - now)
-            if due is not None:
-                wait = min(wait, due)
+            wait = min(remaining, bell.idle_until - now, self._next_restore - now)
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wait, 0.001)):
-                    await bell.wait()
+                    await event.wait()
             self._require()  # closed or broken while waiting: say so
 
     def _order(self, names: list[str]) -> list[str]:
@@ -608,7 +644,8 @@ class RedisTransport(Transport):
         if now < self._next_restore:
             return
         self._next_restore = now + self.settings.restore_interval
-        await self.restore_unacked()
+        if await self.restore_unacked():
+            self._ring_all()  # what came back is worth a claim now
 
     async def restore_unacked(self) -> int:
         """Return every claim whose lease passed (and kombu claims past the visibility
