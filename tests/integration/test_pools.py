@@ -469,3 +469,23 @@ def test_prefork_recalled_jobs_do_not_use_up_a_childs_task_budget() -> None:
         assert (await rec.outcome("third")).retval != rec.started["first"]
 
     run("prefork", scenario, limit=1, max_tasks_per_child=2)
+
+
+def test_prefork_jobs_queued_behind_a_long_job_move_to_a_free_child() -> None:
+    async def scenario(pool: Pool, rec: Recorder) -> None:
+        # Given short jobs, which teach the pool to hand each child several at once
+        for i in range(300):
+            submit(pool, rec, f"warm{i}", "t.add", i, i)
+        await rec.until(lambda: len(rec.done) == 300)
+        # When a long job is followed by short ones, some of them handed to its child
+        submit(pool, rec, "long", "t.sleep", 3)
+        quick = [f"quick{i}" for i in range(10)]
+        for job_id in quick:
+            submit(pool, rec, job_id, "t.pid")
+        await rec.until(lambda: "long" in rec.started)
+        # Then none waits for the long job: all finish on the other child meanwhile
+        await rec.until(lambda: all(q in rec.done for q in quick), timeout=2.0)
+        assert "long" not in rec.done
+        assert {rec.done[q].retval for q in quick} == set(pool.pids) - {rec.started["long"]}
+
+    run("prefork", scenario, limit=2)

@@ -6,9 +6,14 @@ pair of pipes with length-prefixed pickled lists (see
 :mod:`celeriac.worker.pools._prefork_child`); the parent reads outcomes with
 ``loop.add_reader``, so no thread sits between a child and the loop.
 
-Each child runs one job at a time, but holds up to :data:`PIPELINE_DEPTH` jobs, so the
-next one is already there when the current one ends (no child waits for a round trip
-through this loop; that wait, not the pipes, bounded throughput). The child reports the
+Each child runs one job at a time, but holds a few more, so the next one is already there
+when the current one ends (no child waits for a round trip through this loop; that wait,
+not the pipes, bounded throughput). How many depends on how long jobs take: about
+:data:`QUEUED_WORK` seconds of them, between :data:`PIPELINE_DEPTH` and
+:data:`PIPELINE_DEPTH_MAX`, so short jobs travel several to a write and a wake-up while
+long ones keep the pool fair. A job that turns out long does not hold the jobs queued
+behind it: after :data:`STEAL_AFTER` seconds they are taken back (see below) and go to
+the other children, and nothing queues behind it until it ends. The child reports the
 start of each job, which makes two things exact: when a child dies, the job it was running
 is known (FAILURE :class:`~celeriac.exceptions.WorkerLostError`, ``worker_lost=True``, so
 ``reject_on_worker_lost`` can requeue it) while the jobs queued behind it never started
@@ -18,8 +23,9 @@ signal can only ever hit that job. Jobs leave in submission order, to the least 
 child.
 
 Jobs handed to a child ahead of time can still be taken back (warm shutdown returns them
-to the broker at once): :meth:`take_pending` recalls them under a lock the child takes
-before starting each job, so a job is either started or given back, never both.
+to the broker at once; a long job gives up those behind it): :meth:`take_pending` and the
+steal recall them under a lock the child takes before starting each job, so a job is
+either started or given back, never both.
 
 Time limits: at the soft deadline the parent sends SIGUSR1 and the child raises
 SoftTimeLimitExceeded inside the task (at the current ``await`` for ``async def`` tasks);
@@ -70,8 +76,16 @@ EARLY_DEATHS_ALLOWED = 3
 RESPAWN_DELAY_MAX = 5.0
 #: Bytes read from a result pipe per readable event.
 READ_SIZE = 1 << 16
-#: Jobs a child holds at once: the running one and those queued behind it.
+#: Jobs a child holds at once, at least and at most: the running one and those queued
+#: behind it.
 PIPELINE_DEPTH = 2
+PIPELINE_DEPTH_MAX = 8
+#: Seconds of work (by the recent average run time) a child is handed ahead.
+QUEUED_WORK = 0.002
+#: Weight of the latest job in the average run time.
+RUNTIME_WEIGHT = 0.05
+#: Seconds a job may run before the jobs queued behind it go to other children.
+STEAL_AFTER = 0.05
 
 _HEADER_SIZE = _child.HEADER.size
 _unpack = _child.HEADER.unpack
@@ -102,6 +116,7 @@ class _Child:
         "result_fd",
         "retiring",
         "sent",
+        "slow",
         "started",
     )
 
@@ -130,6 +145,8 @@ class _Child:
         self.outbox: memoryview | None = None
         self.exited = False
         self.started = 0.0
+        #: True while its job runs longer than STEAL_AFTER (nothing may queue behind it).
+        self.slow = False
 
     def __repr__(self) -> str:
         job = self.entry.job.id if self.entry is not None else None
@@ -158,6 +175,10 @@ class PreforkPool(Pool):
         self._early_deaths = 0
         self._dispatch_handle: asyncio.Handle | None = None
         self._submitted = 0
+        #: Average job run time (s), and the jobs a child may hold because of it.
+        self._runtime = QUEUED_WORK
+        self._depth = PIPELINE_DEPTH
+        self._steal_handle: asyncio.TimerHandle | None = None
 
     # --- Pool API ----------------------------------------------------------------------
 
@@ -384,13 +405,14 @@ class PreforkPool(Pool):
     def _pick(self, exclusive: bool) -> _Child | None:
         """The least busy child that may take one more job, or None."""
         best: _Child | None = None
-        limit = 1 if exclusive else PIPELINE_DEPTH
+        limit = 1 if exclusive else self._depth
         most = self.max_tasks_per_child
         for child in self._children.values():
             held = len(child.queue)
             if (
                 held >= limit
                 or child.exclusive
+                or child.slow
                 or child.retiring
                 or child.exited
                 or child.job_fd is None
@@ -437,6 +459,31 @@ class PreforkPool(Pool):
             frames.setdefault(child, []).append(frame)
         for child, parts in frames.items():
             self._send(child, parts[0] if len(parts) == 1 else b"".join(parts))
+            if len(child.queue) > 1 and self._steal_handle is None and self.loop is not None:
+                self._steal_handle = self.loop.call_later(STEAL_AFTER / 2, self._steal)
+
+    def _steal(self) -> None:
+        """Take back the jobs queued behind a job running longer than STEAL_AFTER."""
+        self._steal_handle = None
+        if self._closing or self.loop is None:
+            return
+        now = self.loop.time()
+        waiting = False
+        taken: list[Entry] = []
+        for child in list(self._children.values()):
+            if len(child.queue) <= 1 or child.exited:
+                continue
+            if child.entry is not None and now - child.started >= STEAL_AFTER:
+                child.slow = True
+                taken.extend(self._recall(child)[1])
+            else:
+                waiting = True
+        if taken:
+            taken.sort(key=lambda e: e.order)
+            self._pending.extendleft(reversed(taken))
+            self._dispatch()
+        if waiting and self._steal_handle is None:
+            self._steal_handle = self.loop.call_later(STEAL_AFTER / 2, self._steal)
 
     def _send(self, child: _Child, frame: bytes) -> None:
         fd = child.job_fd
@@ -587,7 +634,14 @@ class PreforkPool(Pool):
             child.queue.popleft()
         child.entry = None
         child.exclusive = False
+        child.slow = False
         child.count += 1
+        runtime = self._runtime = (
+            self._runtime + (outcome.runtime - self._runtime) * RUNTIME_WEIGHT
+        )
+        self._depth = max(
+            PIPELINE_DEPTH, min(PIPELINE_DEPTH_MAX, int(QUEUED_WORK / max(runtime, 1e-6)))
+        )
         if entry.state == RUNNING:
             entry.state = DONE
             self._running.discard(entry)
