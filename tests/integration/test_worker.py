@@ -262,6 +262,24 @@ def test_ignore_result_runs_the_task_and_stores_nothing(app: Celeriac, tmp_path:
     assert res.state == states.PENDING
 
 
+def test_a_task_declared_ignore_result_stores_nothing_even_when_the_message_asks(
+    app: Celeriac, tmp_path: Any
+) -> None:
+    # Given a task the worker declares ignore_result, sent by a client that does not
+    # know it (send_task by name: the message says "store the result")
+    marker = tmp_path / "ran"
+    with start_worker(app):
+        res = app.send_task("t.ignored", (str(marker),), ignore_result=False)
+        # Then it runs, and, as on Celery's worker, its result is not stored
+        deadline = time.time() + 10
+        while not marker.exists() and time.time() < deadline:
+            time.sleep(0.02)
+        assert marker.exists()
+        stored = app.send_task("t.add", (1, 2), ignore_result=False)
+        assert stored.get(timeout=10) == 3  # queued after: the first one is done too
+    assert res.state == states.PENDING
+
+
 def test_countdown_is_not_run_early(app: Celeriac) -> None:
     with start_worker(app):
         sent = time.time()

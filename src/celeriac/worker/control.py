@@ -372,7 +372,7 @@ class Panel:
                 signum=signum if signum is not None else int(_signal.SIGTERM),
                 expired=False,
             )
-        if not request.tm.ignore_result or request.task.store_errors_even_if_ignored:
+        if not request.ignore_result or request.task.store_errors_even_if_ignored:
             c.store_result(request, states.REVOKED, TaskRevokedError("terminated"))
         return True
 

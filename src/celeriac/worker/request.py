@@ -48,6 +48,7 @@ class Request:
         "name",
         "task",
         "time_start",
+        "ignore_result",
         "tm",
         "worker_pid",
     )
@@ -59,6 +60,9 @@ class Request:
         self.message = message
         self.task = task
         self.tm = tm
+        #: Either side may ask for no result, as Celery's worker does: the task as the
+        #: worker declares it, or the message (a client that knows it differently).
+        self.ignore_result = tm.ignore_result or bool(task.ignore_result)
         self.id = tm.id
         self.name = tm.name
         self.time_start: float | None = None
@@ -122,7 +126,7 @@ class Request:
                 "errbacks": tm.errbacks,
                 "chain": tm.chain,
                 "chord": tm.chord,
-                "ignore_result": tm.ignore_result,
+                "ignore_result": self.ignore_result,
             }
             time_limit = tm.time_limit if tm.time_limit is not None else self.task.time_limit
             soft = (
@@ -159,7 +163,7 @@ class Request:
             events.send("task-started", uuid=self.id)
         if not self.task.acks_late:
             self.acknowledge()
-        if self.task.track_started and not self.tm.ignore_result:
+        if self.task.track_started and not self.ignore_result:
             consumer.store_result(self, states.STARTED, {"pid": pid, "hostname": consumer.hostname})
 
     def on_done(self, job: Job, outcome: Outcome) -> None:
@@ -202,7 +206,7 @@ class Request:
         tm = self.tm
         if tm.callbacks or tm.chain:
             consumer.send_callbacks(self, outcome.retval)
-        if tm.ignore_result:
+        if self.ignore_result:
             self.acknowledge()
         elif self.task.acks_late:
             consumer.store_result(self, states.SUCCESS, outcome.retval, after=self.acknowledge)
@@ -223,7 +227,7 @@ class Request:
                 traceback=outcome.traceback,
             )
         consumer.send_retry(self, retry, after=self.acknowledge)
-        if not self.tm.ignore_result:
+        if not self.ignore_result:
             consumer.store_result(
                 self, states.RETRY, retry.exc if retry.exc is not None else retry, outcome.traceback
             )
@@ -256,7 +260,7 @@ class Request:
             )
         if self.tm.errbacks:
             consumer.send_errbacks(self)
-        store = not self.tm.ignore_result or task.store_errors_even_if_ignored
+        store = not self.ignore_result or task.store_errors_even_if_ignored
         settle = self._settle_failure if task.acks_late else None
         if store:
             consumer.store_result(self, states.FAILURE, exc, outcome.traceback, after=settle)
@@ -287,7 +291,7 @@ class Request:
                 expired=reason == "expired",
             )
         exc = TaskRevokedError(reason)
-        if not self.tm.ignore_result or self.task.store_errors_even_if_ignored:
+        if not self.ignore_result or self.task.store_errors_even_if_ignored:
             consumer.store_result(self, states.REVOKED, exc, after=self.acknowledge)
         else:
             self.acknowledge()
