@@ -44,11 +44,11 @@ class Request:
         "acknowledged",
         "consumer",
         "id",
+        "ignore_result",
         "message",
         "name",
         "task",
         "time_start",
-        "ignore_result",
         "tm",
         "worker_pid",
     )
