@@ -7,6 +7,7 @@ import json
 import re
 import ssl
 
+import orjson
 import pytest
 
 pytest.importorskip("redis")
@@ -186,3 +187,21 @@ def test_fanout_subscriptions_follow_the_binding_key_as_kombu_does() -> None:
     assert layout.fanout_patterns("e[1]", "a.*") == ("p:/0.e\\[1\\]/a.*",)
     assert layout.fanout_patterns("bus", "plain") == ("p:/0.bus", "p:/0.bus/*")
     assert layout.fanout_patterns("bus") == ("p:/0.bus", "p:/0.bus/*")
+
+
+def test_a_text_body_travels_as_a_string_that_kombu_reads_as_is() -> None:
+    body = orjson.dumps([{"type": "task-started", "uuid": "é"}])
+    message = Message(body, {"hostname": "w@h"}, {"delivery_mode": 1}, "application/json", "utf-8")
+    raw = encode_envelope(message, "celeryev", "task.multi", "tag", 0, text_body=True)
+    envelope = orjson.loads(raw)
+    # no body_encoding: kombu takes the body string as the serialized payload
+    assert "body_encoding" not in envelope["properties"]
+    assert envelope["body"] == body.decode("utf-8")
+    assert decode_envelope(raw, "q", 1, None).body == body
+
+
+def test_a_body_that_is_not_utf8_text_stays_base64() -> None:
+    message = Message(b"\xff\xfe", {}, {}, "application/json", "utf-8")
+    raw = encode_envelope(message, "celeryev", "task.multi", "tag", 0, text_body=True)
+    assert orjson.loads(raw)["properties"]["body_encoding"] == "base64"
+    assert decode_envelope(raw, "q", 1, None).body == b"\xff\xfe"

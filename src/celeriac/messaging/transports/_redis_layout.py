@@ -308,9 +308,20 @@ _TRANSPORT_PROPERTIES = ("body_encoding", "delivery_info")
 
 
 def encode_envelope(
-    message: Message, exchange: str, routing_key: str, tag: str, priority: int
+    message: Message,
+    exchange: str,
+    routing_key: str,
+    tag: str,
+    priority: int,
+    text_body: bool = False,
 ) -> bytes:
     """kombu's JSON envelope for ``message`` (base64 body, hyphenated content keys).
+
+    With ``text_body`` a JSON body travels as the string it is, with no
+    ``body_encoding``, which kombu reads as is (spec section 1, the envelope's ``body``).
+    Base64 costs more than everything else in publishing a worker's event packs (about
+    0.4 us per event), so fanout messages use it; queued task messages keep base64,
+    byte for byte what Celery writes.
 
     Raises:
         TypeError: a header or property value is not JSON-serialisable.
@@ -320,10 +331,18 @@ def encode_envelope(
         properties.pop(name, None)
     properties["delivery_info"] = {"exchange": exchange, "routing_key": routing_key}
     properties["priority"] = priority
-    properties["body_encoding"] = "base64"
+    body: str | None = None
+    if text_body and message.content_type == "application/json":
+        try:
+            body = message.body.decode("utf-8")
+        except UnicodeDecodeError:
+            body = None
+    if body is None:
+        properties["body_encoding"] = "base64"
+        body = base64.b64encode(message.body).decode("ascii")
     properties["delivery_tag"] = tag
     envelope = {
-        "body": base64.b64encode(message.body).decode("ascii"),
+        "body": body,
         "content-encoding": message.content_encoding,
         "content-type": message.content_type,
         "headers": message.headers,

@@ -466,7 +466,9 @@ class RedisTransport(Transport):
             if kind == "headers":
                 kind = "direct"
             try:
-                envelope = encode_envelope(message, out.exchange, out.routing_key, tag, priority)
+                envelope = encode_envelope(
+                    message, out.exchange, out.routing_key, tag, priority, kind == "fanout"
+                )
             except TypeError as exc:
                 raise TypeError(f"{message!r}: {exc}") from None
             channel = ""
@@ -479,6 +481,18 @@ class RedisTransport(Transport):
                  envelope, channel)
             )  # fmt: skip
         client = self._require()
+        if all(a[0] == "fanout" for a in args):
+            # Fanout only (event packs, broadcasts): plain PUBLISH, without the script's
+            # per-call cost in Redis, which shares the worker's cores.
+            with self._map_errors():
+                if len(args) == 1:
+                    await client.publish(args[0][7], args[0][6])
+                    return
+                async with client.pipeline(transaction=False) as pipe:
+                    for a in args:
+                        pipe.publish(a[7], a[6])
+                    await pipe.execute()
+            return
         script = self._scripts["PUBLISH"]
         head = [*self._common, layout.ready_prefix]
         with self._map_errors():
