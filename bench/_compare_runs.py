@@ -30,7 +30,6 @@ import redis
 
 import _compare_celeriac
 import _redis_counter
-from celeriac.utils import portal
 
 #: Directory of the benchmark scripts; worker subprocesses import the app modules from it.
 BENCH_DIR = Path(__file__).resolve().parent
@@ -253,27 +252,16 @@ def client(broker: Broker) -> Any:
 
 
 def bulk_publish(app: Any, name: str, n: int, batch: int) -> float:
-    """Publish ``n`` calls of ``name`` with ``Producer.publish_many``; messages per second.
-
-    The message is built by ``app.build_outgoing`` (what ``delay`` builds, without I/O), so
-    this is the bulk path a user has today: build many, publish them in one broker call.
-    """
-
-    async def run() -> float:
-        producer = await app.get_producer()
-        first, route, _ = app.build_outgoing(name)
-        declare = (route.queue,)
-        await producer.publish_many([first], declare=declare)  # connect, declare
-        remaining = n - 1
-        started = time.perf_counter()
-        while remaining > 0:
-            size = min(batch, remaining)
-            outgoing = [app.build_outgoing(name)[0] for _ in range(size)]
-            await producer.publish_many(outgoing, declare=declare)
-            remaining -= size
-        return n / max(time.perf_counter() - started, 1e-9)
-
-    return portal.run(run())
+    """Publish ``n`` calls of ``name`` with ``app.send_many`` (what ``task.delay_many``
+    does), ``batch`` calls a time; messages per second."""
+    app.send_many(name, [((), None)])  # connect, declare
+    remaining = n - 1
+    started = time.perf_counter()
+    while remaining > 0:
+        size = min(batch, remaining)
+        app.send_many(name, [((), None)] * size)
+        remaining -= size
+    return n / max(time.perf_counter() - started, 1e-9)
 
 
 def enqueue(side: str, broker: Broker, path: str, n: int, batch: int) -> float:

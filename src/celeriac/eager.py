@@ -7,12 +7,12 @@ Retries run again at once (the countdown is not slept), as in Celery.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import states
 from .exceptions import Retry
+from .utils.ids import uuid4_str
 
 if TYPE_CHECKING:
     from .task import Task
@@ -92,7 +92,7 @@ def _job(
 ) -> Job:
     from .worker.pools.base import Job
 
-    task_id = options.get("task_id") or str(uuid.uuid4())
+    task_id = options.get("task_id") or uuid4_str()
     context = {
         "retries": int(options.get("retries") or 0),
         "is_eager": True,

@@ -28,6 +28,7 @@ from .serialization import (
     decode_with,
     decompress,
     dumps,
+    loads,
 )
 from .utils.saferepr import saferepr
 
@@ -103,6 +104,8 @@ def _is_small(value: Any) -> bool:
 
 def _argsrepr(args: Sequence[Any]) -> str:
     """``saferepr`` of the arguments as a tuple (as Celery shows them), fast for plain ones."""
+    if not args:
+        return "()"
     if len(args) <= _FAST_REPR_ITEMS and all(_is_small(a) for a in args):
         text = repr(tuple(args))
         if len(text) <= ARGSREPR_MAXSIZE:
@@ -111,6 +114,8 @@ def _argsrepr(args: Sequence[Any]) -> str:
 
 
 def _kwargsrepr(kwargs: Mapping[str, Any]) -> str:
+    if not kwargs:
+        return "{}"
     if (
         type(kwargs) is dict
         and len(kwargs) <= _FAST_REPR_ITEMS
@@ -195,15 +200,7 @@ def build_task_message(
         raise ValueError(f"task name must be a non-empty string, got {name!r}")
     if not task_id or not isinstance(task_id, str):
         raise ValueError(f"task id must be a non-empty string, got {task_id!r}")
-    if isinstance(args, str | bytes) or not isinstance(args, Sequence):
-        raise TypeError(f"task args must be a list or tuple, not {type(args).__name__}")
-    if kwargs is None:
-        kwargs = {}
-    elif not isinstance(kwargs, Mapping):
-        raise TypeError(f"task kwargs must be a mapping, not {type(kwargs).__name__}")
-    for key in kwargs:
-        if not isinstance(key, str):
-            raise TypeError(f"task kwargs keys must be strings, got {key!r}")
+    kwargs = _check_call(args, kwargs)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
     if priority is not None and (
@@ -269,6 +266,64 @@ def build_task_message(
         mime, payload = compress(payload, compression)
         message_headers["compression"] = mime
     return Message(payload, message_headers, properties, content_type, content_encoding)
+
+
+def _check_call(args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    kind = type(args)  # tuple and list first: the ABC checks cost more than the rest
+    if kind is not tuple and kind is not list and (
+        isinstance(args, str | bytes) or not isinstance(args, Sequence)
+    ):
+        raise TypeError(f"task args must be a list or tuple, not {type(args).__name__}")
+    if kwargs is None:
+        return {}
+    if type(kwargs) is not dict and not isinstance(kwargs, Mapping):
+        raise TypeError(f"task kwargs must be a mapping, not {type(kwargs).__name__}")
+    for key in kwargs:
+        if not isinstance(key, str):
+            raise TypeError(f"task kwargs keys must be strings, got {key!r}")
+    return kwargs
+
+
+class MessageTemplate:
+    """Many calls of one task with the same options, built from one full build.
+
+    :func:`build_task_message` resolves every option, header and property; a bulk send
+    repeats that for each call although only the id, the arguments and their reprs
+    differ. A template keeps the first message and makes the others from it: a copy of
+    its headers and properties with the new id, and the new arguments serialized with
+    the first message's embed. The messages are exactly what ``build_task_message``
+    would have built for the same call at the same moment.
+    """
+
+    __slots__ = ("_embed", "_headers", "_own_root", "_properties", "_reprs", "_serializer")
+
+    def __init__(self, first: Message, serializer: str, own_reprs: bool) -> None:
+        headers = first.headers
+        self._headers = headers
+        self._properties = first.properties
+        self._serializer = serializer
+        #: The root is the message itself unless it was sent from inside a task.
+        self._own_root = headers.get("root_id") == headers.get("id")
+        self._reprs = own_reprs
+        body = loads(first.body, first.content_type, first.content_encoding, (serializer,))
+        self._embed = body[2]
+
+    def build(self, task_id: str, args: Sequence[Any], kwargs: Mapping[str, Any] | None) -> Message:
+        """The message of one more call (same checks and errors as build_task_message)."""
+        kwargs = _check_call(args, kwargs)
+        headers = dict(self._headers)
+        headers["id"] = task_id
+        if self._own_root:
+            headers["root_id"] = task_id
+        if self._reprs:
+            headers["argsrepr"] = _argsrepr(args)
+            headers["kwargsrepr"] = _kwargsrepr(kwargs)
+        properties = dict(self._properties)
+        properties["correlation_id"] = task_id
+        content_type, content_encoding, payload = dumps(
+            (args, kwargs, self._embed), self._serializer
+        )
+        return Message(payload, headers, properties, content_type, content_encoding)
 
 
 @dataclass(slots=True)

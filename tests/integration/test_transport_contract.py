@@ -436,3 +436,33 @@ def test_unused_expiring_queue_is_deleted_and_a_used_one_kept(
             assert await t.queue_length(busy) == 1
 
     run(main())
+
+
+def test_a_large_batch_to_a_few_queues_arrives_whole_and_in_order(
+    open_transport: Opener, unique: Names
+) -> None:
+    a, b = unique("a"), unique("b")
+
+    async def main() -> None:
+        async with open_transport() as t:
+            await t.declare_queue(Queue(a))
+            await t.declare_queue(Queue(b))
+            # Given one batch of 1,200 messages, in runs to one queue then the other
+            # (longer than a broker call takes at once, so it is split)
+            where = [a if i % 100 < 70 else b for i in range(1200)]
+            await t.publish(
+                [Outgoing(message(b"%d" % i, id=str(i)), "", q) for i, q in enumerate(where)]
+            )
+            # Then each queue holds its messages, every one once, in publish order
+            for q in (a, b):
+                expected = [b"%d" % i for i, w in enumerate(where) if w == q]
+                got: list[Message] = []
+                while len(got) < len(expected):
+                    batch = await t.fetch([q], 500, 1.0)
+                    assert batch, f"{q}: {len(got)} of {len(expected)} arrived"
+                    got += batch
+                assert [m.body for m in got] == expected
+                assert {m.headers["id"] for m in got} == {e.decode() for e in expected}
+                await t.ack(got)
+
+    run(main())

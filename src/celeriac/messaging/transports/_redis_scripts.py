@@ -117,7 +117,8 @@ end
 
 #: Route and store a batch. ARGV[4] = doorbell channel prefix, ARGV[5] = message count,
 #: then 8 fields per message: kind (default/direct/topic/fanout), exchange, routing key,
-#: delivery tag, priority step, not-before ('' = now), envelope, fanout channel.
+#: delivery tag, priority step, not-before ('' = now), envelope, fanout channel; or, for a
+#: message going where the one before it went, one: '=' .. delivery tag .. '|' .. envelope.
 #: Returns the queues that received a message.
 PUBLISH = (
     _PRELUDE
@@ -185,10 +186,18 @@ local function queue_info(q)
 end
 
 local i = 6
+local kind, ex, rk, tag, step, nb, env, chan
 for _ = 1, count do
-  local kind, ex, rk, tag = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local step, nb, env, chan = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7]
-  i = i + 8
+  local a = ARGV[i]
+  if string.byte(a, 1) == 61 then  -- '=tag|envelope': where the message before went
+    local bar = string.find(a, '|', 2, true)
+    tag, env = string.sub(a, 2, bar - 1), string.sub(a, bar + 1)
+    i = i + 1
+  else
+    kind, ex, rk, tag = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+    step, nb, env, chan = ARGV[i + 4], tonumber(ARGV[i + 5]), ARGV[i + 6], ARGV[i + 7]
+    i = i + 8
+  end
   if kind == 'fanout' then
     redis.call('PUBLISH', chan, env)
   else

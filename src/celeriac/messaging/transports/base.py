@@ -20,13 +20,13 @@ from __future__ import annotations
 
 import abc
 import time
-import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 from urllib.parse import urlsplit, urlunsplit
 
 from ...exceptions import ConfigurationError
+from ...utils.ids import uuid4_hex
 from ..entities import Exchange, Queue
 from ..message import Message
 
@@ -82,7 +82,7 @@ class ExchangeNotFound(ConfigurationError, LookupError):
 
 
 def new_delivery_tag() -> str:
-    return uuid.uuid4().hex
+    return uuid4_hex()
 
 
 def mask_url(url: str) -> str:
