@@ -45,7 +45,7 @@ _all_apps: weakref.WeakSet[Celeriac] = weakref.WeakSet()
 
 #: Options ``send_task`` passes to the message builder under another name, or uses itself.
 #: Messages per broker call of :meth:`Celeriac.send_many`.
-SEND_MANY_BATCH = 5000
+SEND_MANY_BATCH = 1000
 
 _SEND_OPTIONS = frozenset(
     {

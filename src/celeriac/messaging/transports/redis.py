@@ -458,10 +458,14 @@ class RedisTransport(Transport):
             check_outgoing(out)
         types = await self._exchange_types({o.exchange for o in batch if o.exchange})
         layout = self.layout
+        step_of: dict[int, int] = {}
         args: list[Any] = []
         for out in batch:
             message = out.message
             priority = message_priority(message)
+            step = step_of.get(priority)
+            if step is None:
+                step = step_of[priority] = layout.step(priority)
             tag = message.delivery_tag or uuid4_hex()
             kind = types[out.exchange] if out.exchange else "default"
             if kind == "headers":
@@ -478,9 +482,8 @@ class RedisTransport(Transport):
                 channel = layout.fanout_channel(out.exchange, rk)
             not_before = "" if out.not_before is None else repr(float(out.not_before))
             args.append(
-                (kind, out.exchange, out.routing_key, tag, layout.step(priority), not_before,
-                 envelope, channel)
-            )  # fmt: skip
+                (kind, out.exchange, out.routing_key, tag, step, not_before, envelope, channel)
+            )
         client = self._require()
         if all(a[0] == "fanout" for a in args):
             # Fanout only (event packs, broadcasts): plain PUBLISH, without the script's
@@ -797,15 +800,17 @@ def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
     as one ``=tag|envelope`` argument (a bulk publish to one queue passes one argument a
     message, not 8: redis-py's packing of each argument was a third of the publish)."""
     out: list[Any] = []
-    before: tuple[Any, ...] | None = None
+    append = out.append
+    k = x = r = s = n = c = None  # where the row before went
     for row in rows:
-        where = row[:3] + row[4:6] + row[7:]
-        tag = row[3]
-        if where == before and "|" not in tag:
-            out.append(b"=" + tag.encode() + b"|" + row[6])
+        kind, exchange, rk, tag, step, nb, envelope, channel = row
+        if (
+            kind == k and exchange == x and rk == r and step == s and nb == n and channel == c
+        ) and "|" not in tag:
+            append(b"=" + tag.encode() + b"|" + envelope)
         else:
             out += row
-            before = where
+            k, x, r, s, n, c = kind, exchange, rk, step, nb, channel
     return out
 
 
