@@ -117,3 +117,33 @@ def test_a_forked_child_gets_loops_of_its_own() -> None:
         print(os.read(r, 10).decode(), portal.run(pid()) == os.getpid())
     """)
     assert out == "ok True"
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_dropping_its_inherited_loop_leaves_the_parents_loop_working() -> None:
+    # Given a parent whose main-thread loop ran a call, and a forked child that lets
+    # the loop it inherited be collected (closing it) before it exits
+    out = _run_script("""
+        import asyncio, ctypes, gc, os, sys
+        from celeriac.utils import portal
+        async def resolve():
+            # getaddrinfo runs on another thread: the loop must wake for its answer
+            return bool(await asyncio.get_running_loop().getaddrinfo("localhost", 80))
+        portal.run(resolve())
+        child = os.fork()
+        if child == 0:
+            gc.collect()
+            sys.exit(0)
+        os.waitpid(child, 0)
+        # Then the parent's next call still completes
+        print(portal.run(resolve(), timeout=10))
+        # And a child forked without Python's fork hooks (as uWSGI forks) gets a loop
+        # of its own instead of the parent's
+        pid = ctypes.CDLL(None).fork()
+        if pid == 0:
+            ok = portal.run(resolve(), timeout=10)
+            os._exit(0 if ok else 3)
+        _, status = os.waitpid(pid, 0)
+        print(os.waitstatus_to_exitcode(status), portal.run(resolve(), timeout=10))
+    """)
+    assert out == "True\n0 True"

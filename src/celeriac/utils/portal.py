@@ -22,6 +22,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import os
+import selectors
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -35,8 +36,14 @@ T = TypeVar("T")
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
 _thread: threading.Thread | None = None
-#: The main thread's own loop; only the main thread touches it.
+_portal_pid = 0
+#: The main thread's own loop and the process that made it; only the main thread
+#: touches them.
 _main_loop: asyncio.AbstractEventLoop | None = None
+_main_pid = 0
+#: Loops left behind (inherited through fork, or interrupted mid-call): never run,
+#: never collected, so their close() cannot touch what they shared.
+_abandoned: list[asyncio.AbstractEventLoop] = []
 
 
 def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
@@ -47,12 +54,17 @@ def _serve(loop: asyncio.AbstractEventLoop, ready: threading.Event) -> None:
 
 def get_loop() -> asyncio.AbstractEventLoop:
     """The portal loop, started on first use."""
-    global _loop, _thread
+    global _loop, _thread, _portal_pid
     loop = _loop
-    if loop is not None and _thread is not None and _thread.is_alive():
-        return loop
+    alive = loop is not None and _thread is not None and _thread.is_alive()
+    if alive and _portal_pid == os.getpid():
+        return loop  # type: ignore[return-value]
     with _lock:
+        if _loop is not None and _portal_pid != os.getpid():
+            _disown(_loop)  # forked without Python's fork hooks: its thread is not here
+            _loop = None
         if _loop is None or _thread is None or not _thread.is_alive():
+            _portal_pid = os.getpid()
             loop = asyncio.new_event_loop()
             ready = threading.Event()
             thread = threading.Thread(
@@ -86,12 +98,25 @@ def _runs_on_main_loop() -> bool:
 
 
 def _get_main_loop() -> asyncio.AbstractEventLoop:
-    global _main_loop
+    global _main_loop, _main_pid
     loop = _main_loop
-    if loop is None or loop.is_closed():
+    if loop is None or loop.is_closed() or _main_pid != os.getpid():
+        if loop is not None and _main_pid != os.getpid():
+            # forked without Python's fork hooks (uWSGI does so by default)
+            _disown(loop)
         # not set as the thread's current loop: the user's get_event_loop() is untouched
         loop = _main_loop = asyncio.new_event_loop()
+        _main_pid = os.getpid()
     return loop
+
+
+def _disown(loop: asyncio.AbstractEventLoop) -> None:
+    """Make a loop inherited through fork harmless to the parent, whose epoll instance its
+    selector shares: closing it (on collection, say) would unregister the parent's
+    self-pipe, and the parent's loop would no longer wake for other threads' work."""
+    if getattr(loop, "_selector", None) is not None:
+        loop._selector = selectors.DefaultSelector()  # type: ignore[attr-defined]
+    _abandoned.append(loop)
 
 
 def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
@@ -107,13 +132,20 @@ def run(coro: Coroutine[Any, Any, T], timeout: float | None = None) -> T:
     task = loop.create_task(coro if timeout is None else asyncio.wait_for(coro, timeout))
     try:
         return loop.run_until_complete(task)
-    except BaseException:
-        # Ctrl-C while the loop waited: finish the call by cancelling it, so no
-        # half-sent command stays on a connection the next call reuses.
+    except BaseException as exc:
+        if isinstance(exc, Exception):
+            raise
+        # Ctrl-C (or SystemExit) while the loop ran: cancel the call, and leave this loop
+        # behind, since the interrupt may have landed in another of its tasks (a result
+        # subscriber, a half-read reply); the next call starts on a fresh loop with fresh
+        # connections.
+        global _main_loop
         if not task.done():
             task.cancel()
             with contextlib.suppress(BaseException):
                 loop.run_until_complete(task)
+        _main_loop = None
+        _abandoned.append(loop)
         raise
 
 
@@ -129,10 +161,13 @@ def run_on_portal(coro: Coroutine[Any, Any, T], timeout: float | None = None) ->
 
 def _reset_after_fork() -> None:
     global _loop, _thread, _lock, _main_loop
+    for loop in (_loop, _main_loop):
+        if loop is not None:
+            _disown(loop)
     _loop = None
     _thread = None
     _lock = threading.Lock()
-    _main_loop = None  # its selector is shared with the parent: never run it here
+    _main_loop = None
 
 
 if hasattr(os, "register_at_fork"):
