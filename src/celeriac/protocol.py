@@ -323,7 +323,11 @@ class MessageTemplate:
         content_type, content_encoding, payload = dumps(
             (args, kwargs, self._embed), self._serializer
         )
-        return Message(payload, headers, properties, content_type, content_encoding)
+        # A new message with a new random id: the id serves as its delivery tag too,
+        # which saves the transport drawing a second one.
+        return Message(
+            payload, headers, properties, content_type, content_encoding, delivery_tag=task_id
+        )
 
 
 @dataclass(slots=True)

@@ -40,3 +40,22 @@ def test_a_forked_child_draws_other_ids_than_its_parent() -> None:
     os.close(r)
     parent = [uuid4_str() for _ in range(5)]
     assert len(child) == 5 and not set(child) & set(parent)
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_child_forked_without_fork_hooks_draws_other_ids() -> None:
+    # uWSGI forks its workers without running Python's at-fork hooks
+    import ctypes
+
+    uuid4_str()  # the parent has a buffer of random bytes
+    r, w = os.pipe()
+    pid = ctypes.CDLL(None).fork()
+    if pid == 0:
+        os.write(w, ",".join(uuid4_str() for _ in range(5)).encode())
+        os._exit(0)
+    os.close(w)
+    child = os.read(r, 4096).decode().split(",")
+    os.waitpid(pid, 0)
+    os.close(r)
+    parent = [uuid4_str() for _ in range(5)]
+    assert len(child) == 5 and not set(child) & set(parent)
