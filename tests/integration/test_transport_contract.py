@@ -466,3 +466,37 @@ def test_a_large_batch_to_a_few_queues_arrives_whole_and_in_order(
                 await t.ack(got)
 
     run(main())
+
+
+def test_requeued_fanout_and_queued_messages_come_back(
+    open_transport: Opener, unique: Names
+) -> None:
+    fanout, fan, plain = unique("fanout"), unique("fan"), unique("plain")
+
+    async def main() -> None:
+        async with open_transport() as t:
+            # Given one fanout message and one queued message, fetched together
+            await t.declare_queue(Queue(fan, Exchange(fanout, "fanout")))
+            await t.declare_queue(Queue(plain))
+            await t.publish(
+                [Outgoing(message(b"fan"), fanout, "x"), Outgoing(message(b"plain"), "", plain)]
+            )
+            got: list[Message] = []
+            for _ in range(20):
+                got += await t.fetch([fan, plain], 10, 0.5)
+                if len(got) == 2:
+                    break
+            assert sorted(m.body for m in got) == [b"fan", b"plain"]
+            # When both are rejected with requeue (a warm shutdown gives messages back so)
+            await t.reject(got, True)
+            # Then both are delivered again, redelivered
+            again: list[Message] = []
+            for _ in range(20):
+                again += await t.fetch([fan, plain], 10, 0.5)
+                if len(again) == 2:
+                    break
+            assert sorted(m.body for m in again) == [b"fan", b"plain"]
+            assert all(m.redelivered for m in again)
+            await t.ack(again)
+
+    run(main())

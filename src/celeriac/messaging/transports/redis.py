@@ -631,7 +631,7 @@ class RedisTransport(Transport):
                 buffer = self._fanout.get(receipt.queue)
                 if buffer is not None:
                     buffer.push(receipt.raw, front=True, count=receipt.count + 1)
-                    self._ring()
+                    self._ring(receipt.queue)
             else:
                 claims.append(receipt)
         if claims:
