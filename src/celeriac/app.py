@@ -15,6 +15,7 @@ code (``adelay()``, ``await result``) uses the loop it runs on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import uuid
 import weakref
@@ -405,43 +406,61 @@ class Celeriac:
         template: MessageTemplate | None = None
         sending: asyncio.Future[None] | None = None
         fixed_route = self._route_is_fixed(options)
-        for args, kwargs in calls:
-            if template is None:
-                outgoing, route, task_id = self.build_outgoing(name, args, kwargs, **options)
-                if fixed_route:
-                    template = self._template_for(name, outgoing.message, options)
-                    first = outgoing
-            else:
-                task_id = uuid4_str()
-                outgoing = Outgoing(
-                    template.build(task_id, args or (), kwargs),
-                    first.exchange,
-                    first.routing_key,
-                    first.not_before,
-                )
-            ids.append(task_id)
-            batch.append(outgoing)
-            queues.setdefault(route.queue.name, route.queue)
-            if send_events:
-                batch.append(await self._task_sent_event(outgoing, route, name))
-            if len(batch) >= SEND_MANY_BATCH:
-                # One batch in flight while the next is built: the broker stores one
-                # while this process encodes the other.
-                if sending is not None:
-                    await sending
-                sending = asyncio.ensure_future(
-                    producer.publish_many(batch, declare=tuple(queues.values()))
-                )
-                await asyncio.sleep(0)  # let it write the batch before building the next
-                batch = []
+        sent = in_flight = 0  # calls the broker holds; calls in the batch being published
         try:
+            for args, kwargs in calls:
+                if template is None:
+                    outgoing, route, task_id = self.build_outgoing(name, args, kwargs, **options)
+                    if fixed_route:
+                        template = self._template_for(name, outgoing.message, options)
+                        first = outgoing
+                else:
+                    task_id = uuid4_str()
+                    outgoing = Outgoing(
+                        template.build(task_id, args or (), kwargs),
+                        first.exchange,
+                        first.routing_key,
+                        first.not_before,
+                    )
+                ids.append(task_id)
+                batch.append(outgoing)
+                queues.setdefault(route.queue.name, route.queue)
+                if send_events:
+                    batch.append(await self._task_sent_event(outgoing, route, name))
+                if len(batch) >= SEND_MANY_BATCH:
+                    # One batch in flight while the next is built: the broker stores one
+                    # while this process encodes the other.
+                    if sending is not None:
+                        await sending
+                        sent, sending = sent + in_flight, None
+                    in_flight = len(ids) - sent
+                    sending = asyncio.ensure_future(
+                        producer.publish_many(batch, declare=tuple(queues.values()))
+                    )
+                    await asyncio.sleep(0)  # let it write the batch before building the next
+                    batch = []
             if sending is not None:
                 await sending
-        finally:
-            if sending is not None and not sending.done():
-                sending.cancel()
-        if batch:
-            await producer.publish_many(batch, declare=tuple(queues.values()))
+                sent, sending = sent + in_flight, None
+            if batch:
+                await producer.publish_many(batch, declare=tuple(queues.values()))
+        except BaseException as exc:
+            # A batch already handed to the broker is not abandoned half way: learn its
+            # fate, then say which calls were sent, so a retry can skip them.
+            if sending is not None:
+                try:
+                    await sending
+                    sent += in_flight
+                except BaseException:
+                    pass
+            if sent and isinstance(exc, Exception):
+                exc.add_note(
+                    f"send_many: the first {sent} of the calls were sent before this error; "
+                    "their task ids are in the exception's sent_task_ids"
+                )
+                with contextlib.suppress(AttributeError, TypeError):
+                    exc.sent_task_ids = ids[:sent]  # type: ignore[attr-defined]
+            raise
         return [AsyncResult(task_id, app=self, task_name=name) for task_id in ids]
 
     def _route_is_fixed(self, options: Mapping[str, Any]) -> bool:

@@ -93,3 +93,15 @@ def test_refusals_and_eager_mode(app: Celeriac) -> None:
         add.delay_many([(1,), "ab"])  # type: ignore[list-item]
     app.conf.task_always_eager = True
     assert [r.get() for r in add.delay_many([(1, 2), (3, 4)])] == [3, 7]
+
+
+def test_a_bad_call_midway_says_which_calls_were_sent(app: Celeriac) -> None:
+    # Given 2,500 good calls and then a bad one (past the first broker batches)
+    calls: list[Any] = [((i,), None) for i in range(2500)] + [("not-a-tuple", None)]
+    with pytest.raises(TypeError, match="task args must be a list or tuple") as info:
+        app.tasks["many.add"].apply_async_many(calls)
+    # Then the batches handed to the broker before the error are all there, none half
+    # sent, and the error names them
+    sent = info.value.sent_task_ids  # type: ignore[attr-defined]
+    assert len(sent) == queue_length(app, "celery") == 2000
+    assert any("first 2000 of the calls were sent" in n for n in info.value.__notes__)
