@@ -448,3 +448,31 @@ def test_fetches_that_subscribe_at_once_both_hear_their_doorbells(
 
     # Then each fetch is woken by its doorbell, not by the next poll 30 s later
     assert max(run(main())) < 2.0
+
+
+def test_a_fetch_waiting_while_bells_are_evicted_still_hears_its_doorbell(
+    private_redis: RedisServer,
+) -> None:
+    url = private_redis.url
+
+    async def main() -> list[bytes]:
+        t = await opened(url, polling_interval=30, unacked_restore_interval=600)
+        try:
+            # Given a fetch waiting for its queue, polling rarely
+            waiting = asyncio.ensure_future(t.fetch(["main"], 10, 10.0))
+            await asyncio.sleep(0.05)
+            # When the connection fetches from so many other queue sets that bells are
+            # evicted meanwhile
+            for i in range(70):
+                await t.fetch([f"other{i}"], 1, 0.001)
+            await asyncio.sleep(0.05)
+            # Then a message for the waiting fetch still wakes it at once
+            started = time.monotonic()
+            await t.publish([Outgoing(message(b"m"), "", "main")])
+            got = await waiting
+            assert time.monotonic() - started < 2.0
+            return [m.body for m in got]
+        finally:
+            await t.close()
+
+    assert run(main()) == [b"m"]

@@ -526,11 +526,13 @@ class RedisTransport(Transport):
             if len(self._doorbells) > 64:
                 self._doorbells.clear()
             self._doorbells.add(key)
-        bell = self._bell_for(key)
-        event = bell.event
         while True:
             if self._client is None:
                 raise ConnectionClosedError(f"{self!r} was closed while fetching")
+            # looked up each time round: bells evicted while this fetch waited (over 64
+            # queue sets) were rung, and the fresh one is what doorbells ring now
+            bell = self._bell_for(key)
+            event = bell.event
             await self._maybe_restore()
             out = self._take_fanout(names, limit)
             wanted = limit - len(out)
