@@ -321,7 +321,7 @@ class MessageTemplate:
         properties = dict(self._properties)
         properties["correlation_id"] = task_id
         content_type, content_encoding, payload = dumps(
-            (args, kwargs, self._embed), self._serializer
+            (list(args), kwargs, self._embed), self._serializer  # a list, as send_task's
         )
         # A new message with a new random id: the id serves as its delivery tag too,
         # which saves the transport drawing a second one.

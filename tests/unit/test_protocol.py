@@ -404,3 +404,30 @@ def test_parse_iso8601(text, expected):
 def test_parse_iso8601_refuses_garbage():
     with pytest.raises(ValueError, match="'tomorrow'"):
         parse_iso8601("tomorrow")
+
+
+@pytest.mark.parametrize("serializer", ["json", "pickle"])
+def test_a_template_builds_what_build_task_message_builds(serializer: str) -> None:
+    from celeriac.protocol import MessageTemplate
+
+    options: dict[str, object] = {
+        "priority": 3, "expires": "2030-01-01T00:00:00+00:00", "serializer": serializer,
+    }  # fmt: skip
+    first = build_task_message("t.add", "id-1", (1, 2), {"z": 1}, **options)  # type: ignore[arg-type]
+    template = MessageTemplate(first, serializer, own_reprs=True)
+    made = template.build("id-2", (3, 4), {"z": 5})
+    # send_task hands build_task_message a list (build_outgoing), whatever it was given
+    expected = build_task_message("t.add", "id-2", [3, 4], {"z": 5}, **options)  # type: ignore[arg-type]
+    assert made.headers == expected.headers
+    assert made.properties == expected.properties
+    assert made.content_type == expected.content_type
+    assert loads_any(made.body, serializer) == loads_any(expected.body, serializer)
+    assert made.delivery_tag == "id-2"
+
+
+def loads_any(body: bytes, serializer: str) -> object:
+    import pickle
+
+    import orjson
+
+    return pickle.loads(body) if serializer == "pickle" else orjson.loads(body)
