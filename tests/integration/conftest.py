@@ -119,3 +119,14 @@ def unique() -> Callable[[str], str]:
     """Queue and exchange names unique to this test (brokers outlive test runs)."""
     token = uuid.uuid4().hex[:8]
     return lambda name: f"{name}-{token}"
+
+
+def queue_length(app: Any, name: str) -> int:
+    """Messages waiting in ``name`` on ``app``'s broker, read from sync test code."""
+    from celeriac.utils import portal
+
+    async def length() -> int:
+        conn = await app.get_connection()
+        return int(await conn.transport.queue_length(name))
+
+    return portal.run(length())

@@ -4,28 +4,23 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from celeriac import Celeriac
 from celeriac.testing import start_worker
-from celeriac.utils import portal
 
-from .conftest import TRANSPORT_PARAMS, _url_for, require_transport
+from .conftest import queue_length
 
 
-@pytest.fixture(params=[p for p in TRANSPORT_PARAMS if p.values[0] != "amqp"])
-def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Celeriac]:
-    name = request.param
-    require_transport(name)
-    url, options = _url_for(name, tmp_path)
+@pytest.fixture
+def app(transport_url: str, base_options: dict[str, Any]) -> Iterator[Celeriac]:
     app = Celeriac(
         "many",
-        broker=url,
+        broker=transport_url,
         backend=f"memory://{uuid.uuid4().hex}",
-        broker_transport_options=options,
+        broker_transport_options=base_options,
         set_as_current=False,
     )
 
@@ -40,14 +35,6 @@ def app(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Celeriac]:
 
     yield app
     app.close()
-
-
-def queue_length(app: Celeriac, name: str) -> int:
-    async def length() -> int:
-        conn = await app.get_connection()
-        return await conn.transport.queue_length(name)
-
-    return portal.run(length())
 
 
 def test_delay_many_sends_every_call_once_with_its_own_id(app: Celeriac) -> None:

@@ -33,6 +33,16 @@ async def send(transport: Any, queue: str, *bodies: bytes, not_before: float | N
     await transport.publish([Outgoing(message(b), "", queue, not_before) for b in bodies])
 
 
+async def fetch_n(transport: Any, queues: list[str], n: int) -> list[Message]:
+    """Fetch until ``n`` messages arrived (several fetches may be needed), or fail."""
+    got: list[Message] = []
+    while len(got) < n:
+        batch = await transport.fetch(queues, n - len(got), 1.0)
+        assert batch, f"{queues}: {len(got)} of {n} arrived"
+        got += batch
+    return got
+
+
 def test_publish_fetch_ack_round_trip(open_transport: Opener, unique: Names) -> None:
     q = unique("q")
 
@@ -456,11 +466,7 @@ def test_a_large_batch_to_a_few_queues_arrives_whole_and_in_order(
             # Then each queue holds its messages, every one once, in publish order
             for q in (a, b):
                 expected = [b"%d" % i for i, w in enumerate(where) if w == q]
-                got: list[Message] = []
-                while len(got) < len(expected):
-                    batch = await t.fetch([q], 500, 1.0)
-                    assert batch, f"{q}: {len(got)} of {len(expected)} arrived"
-                    got += batch
+                got = await fetch_n(t, [q], len(expected))
                 assert [m.body for m in got] == expected
                 assert {m.headers["id"] for m in got} == {e.decode() for e in expected}
                 await t.ack(got)
@@ -481,20 +487,12 @@ def test_requeued_fanout_and_queued_messages_come_back(
             await t.publish(
                 [Outgoing(message(b"fan"), fanout, "x"), Outgoing(message(b"plain"), "", plain)]
             )
-            got: list[Message] = []
-            for _ in range(20):
-                got += await t.fetch([fan, plain], 10, 0.5)
-                if len(got) == 2:
-                    break
+            got = await fetch_n(t, [fan, plain], 2)
             assert sorted(m.body for m in got) == [b"fan", b"plain"]
             # When both are rejected with requeue (a warm shutdown gives messages back so)
             await t.reject(got, True)
             # Then both are delivered again, redelivered
-            again: list[Message] = []
-            for _ in range(20):
-                again += await t.fetch([fan, plain], 10, 0.5)
-                if len(again) == 2:
-                    break
+            again = await fetch_n(t, [fan, plain], 2)
             assert sorted(m.body for m in again) == [b"fan", b"plain"]
             assert all(m.redelivered for m in again)
             await t.ack(again)

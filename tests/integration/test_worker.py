@@ -36,6 +36,8 @@ from celeriac.testing import start_worker
 from celeriac.utils import portal
 from celeriac.worker.bootsteps import StartStopStep, Step
 
+from .conftest import queue_length
+
 TRANSPORTS = ["memory", "sqlite"]
 
 
@@ -162,14 +164,6 @@ def define_tasks(app: Celeriac) -> None:
     def sleep(seconds: float) -> float:
         time.sleep(seconds)
         return seconds
-
-
-def queue_length(app: Celeriac, name: str) -> int:
-    async def length() -> int:
-        conn = await app.get_connection()
-        return await conn.transport.queue_length(name)
-
-    return portal.run(length())
 
 
 # -- the basic path, on every pool ---------------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import random
 import uuid
+from collections.abc import Callable
 
 import pytest
 
@@ -27,18 +28,24 @@ def test_seeding_the_random_module_does_not_repeat_ids() -> None:
     assert [uuid4_str() for _ in range(5)] != first
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
-def test_a_forked_child_draws_other_ids_than_its_parent() -> None:
+def _child_and_parent_ids(fork: Callable[[], int]) -> tuple[list[str], list[str]]:
+    """The next five ids of a child made by ``fork``, and the parent's next five."""
+    uuid4_str()  # the parent has random bytes in hand at the fork
     r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: send its next ids
+    pid = fork()
+    if pid == 0:
         os.write(w, ",".join(uuid4_str() for _ in range(5)).encode())
         os._exit(0)
     os.close(w)
     child = os.read(r, 4096).decode().split(",")
     os.waitpid(pid, 0)
     os.close(r)
-    parent = [uuid4_str() for _ in range(5)]
+    return child, [uuid4_str() for _ in range(5)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_draws_other_ids_than_its_parent() -> None:
+    child, parent = _child_and_parent_ids(os.fork)
     assert len(child) == 5 and not set(child) & set(parent)
 
 
@@ -47,15 +54,5 @@ def test_a_child_forked_without_fork_hooks_draws_other_ids() -> None:
     # uWSGI forks its workers without running Python's at-fork hooks
     import ctypes
 
-    uuid4_str()  # the parent has a buffer of random bytes
-    r, w = os.pipe()
-    pid = ctypes.CDLL(None).fork()
-    if pid == 0:
-        os.write(w, ",".join(uuid4_str() for _ in range(5)).encode())
-        os._exit(0)
-    os.close(w)
-    child = os.read(r, 4096).decode().split(",")
-    os.waitpid(pid, 0)
-    os.close(r)
-    parent = [uuid4_str() for _ in range(5)]
+    child, parent = _child_and_parent_ids(ctypes.CDLL(None).fork)
     assert len(child) == 5 and not set(child) & set(parent)
