@@ -76,6 +76,42 @@ class Cell:
         return " ".join(str(x) for x in (self.figure, self.side, self.transport, *self.what))
 
 
+def add_run_args(parser: argparse.ArgumentParser, redis_db: int, counter_db: int) -> None:
+    """The arguments every side-by-side script takes: how much, how often, which Redis."""
+    parser.add_argument("--n", type=int, default=20_000, help="tasks per drain (default 20000)")
+    parser.add_argument("--runs", type=int, default=3, help="runs per configuration (default 3)")
+    parser.add_argument("--redis", default=f"redis://127.0.0.1:6379/{redis_db}",
+                        help="broker database, FLUSHED before every measurement "
+                             f"(default redis://127.0.0.1:6379/{redis_db})")
+    parser.add_argument("--counter-db", type=int, default=counter_db,
+                        help="Redis database of the execution counter, same server "
+                             f"(default {counter_db})")
+    parser.add_argument("--retries", type=int, default=1,
+                        help="repeat a measurement whose Redis databases something else "
+                             "flushed, up to this many times (default 1)")
+
+
+def counter_url_for(args: argparse.Namespace) -> str:
+    """The counter database's URL, after checking Redis answers and the two differ."""
+    base, _, db = args.redis.rpartition("/")
+    if db == str(args.counter_db):
+        raise SystemExit("--counter-db must differ from the broker database (it is flushed)")
+    try:
+        redis.Redis.from_url(args.redis).ping()
+    except redis.RedisError as exc:
+        raise SystemExit(f"no Redis at {args.redis}: {exc}") from None
+    return f"{base}/{args.counter_db}"
+
+
+def run_all(cells: list[Cell], runs: int, retries: int) -> None:
+    """Every cell once per run, in the given order, ``runs`` times (interleaved)."""
+    print(f"machine: {machine()}", file=sys.stderr)
+    for run in range(1, runs + 1):
+        print(f"run {run}/{runs}", file=sys.stderr)
+        for cell in cells:
+            run_cell(cell, retries)
+
+
 def run_cell(cell: Cell, retries: int) -> None:
     """Measure once; a run spoiled by outside interference is repeated up to ``retries``
     times (and still listed as an error), any other failure is final."""
@@ -320,8 +356,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--n", type=int, default=20_000, help="tasks per drain (default 20000)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per configuration (default 3)")
+    add_run_args(parser, redis_db=13, counter_db=12)
     parser.add_argument("--pools", default="prefork,threads,asyncio,solo",
                         help="celeriac pools, each optionally pool:<concurrency> "
                              "(defaults: prefork:2 threads:8 asyncio:100 solo:1)")
@@ -343,10 +378,6 @@ def main(argv: list[str] | None = None) -> int:
                              "figure: 1000000)")
     parser.add_argument("--batch", type=int, default=10000,
                         help="calls per send_many (the bulk publish API)")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/13",
-                        help="broker and result database, FLUSHED before every measurement")
-    parser.add_argument("--counter-db", type=int, default=12,
-                        help="Redis database of the execution counter (same server)")
     parser.add_argument("--celery-native", action="store_true",
                         help="queue the Celery worker's drain tasks with Celery's delay() "
                              "(default: celeriac's bulk publish, same bytes for both)")
@@ -355,9 +386,6 @@ def main(argv: list[str] | None = None) -> int:
                              "'--prefetch-multiplier 64' (quoted, split on spaces)")
     parser.add_argument("--celery-worker-args", default="",
                         help="extra arguments for Celery workers")
-    parser.add_argument("--retries", type=int, default=1,
-                        help="repeat a measurement whose Redis databases something else "
-                             "flushed, up to this many times (default 1)")
     parser.add_argument("--no-celery", action="store_true", help="celeriac rows only")
     args = parser.parse_args(argv)
     if min(args.n, args.runs, args.batch, args.trips, args.rss_n + 1) < 1:
@@ -365,19 +393,9 @@ def main(argv: list[str] | None = None) -> int:
 
     runs.WORKER_ARGS["celeriac"] = args.worker_args.split()
     runs.WORKER_ARGS["celery"] = args.celery_worker_args.split()
-    counter_url = args.redis.rsplit("/", 1)[0] + f"/{args.counter_db}"
-    try:
-        redis.Redis.from_url(args.redis).ping()
-    except redis.RedisError as exc:
-        raise SystemExit(f"no Redis at {args.redis}: {exc}") from None
-    brokers = Brokers(args.redis, counter_url)
+    brokers = Brokers(args.redis, counter_url_for(args))
     cells = build_cells(args, brokers)
-    order = schedule(cells)
-    print(f"machine: {machine()}", file=sys.stderr)
-    for run in range(1, args.runs + 1):
-        print(f"run {run}/{args.runs}", file=sys.stderr)
-        for cell in order:
-            run_cell(cell, args.retries)
+    run_all(schedule(cells), args.runs, args.retries)
     brokers.redis.reset()
 
     print()

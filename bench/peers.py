@@ -249,18 +249,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--n", type=int, default=20_000, help="tasks per drain (default 20000)")
-    parser.add_argument("--runs", type=int, default=3, help="runs per configuration (default 3)")
+    compare.add_run_args(parser, redis_db=10, counter_db=11)
     parser.add_argument("--peers", default=",".join(PEERS),
                         help=f"comma list of {', '.join(PEERS)} (default all)")
     parser.add_argument("--celeriac-pools", default="asyncio:100,prefork:2",
                         help="celeriac pools, each pool:<concurrency>; the best one is compared "
                              "(default asyncio:100,prefork:2; empty: peers only)")
-    parser.add_argument("--redis", default="redis://127.0.0.1:6379/10",
-                        help="broker database, FLUSHED before every measurement "
-                             "(default redis://127.0.0.1:6379/10)")
-    parser.add_argument("--counter-db", type=int, default=11,
-                        help="Redis database of the execution counter, same server (default 11)")
     parser.add_argument("--huey-args", default="-w 4 -k process -q",
                         help="huey_consumer arguments (default '-w 4 -k process -q', the fastest "
                              "here; '-w 8 -k thread' drained at about half that rate)")
@@ -271,20 +265,10 @@ def main(argv: list[str] | None = None) -> int:
                              "(default stream)")
     parser.add_argument("--dramatiq-args", default="--processes 2 --threads 8",
                         help="dramatiq arguments (default '--processes 2 --threads 8')")
-    parser.add_argument("--retries", type=int, default=1,
-                        help="repeat a measurement whose Redis databases something else "
-                             "flushed, up to this many times (default 1)")
     args = parser.parse_args(argv)
     if min(args.n, args.runs) < 1:
         raise SystemExit("--n and --runs must be at least 1")
-    base, _, db = args.redis.rpartition("/")
-    if db == str(args.counter_db):
-        raise SystemExit("--counter-db must differ from the broker database (it is flushed)")
-    counter_url = f"{base}/{args.counter_db}"
-    try:
-        redis.Redis.from_url(args.redis).ping()
-    except redis.RedisError as exc:
-        raise SystemExit(f"no Redis at {args.redis}: {exc}") from None
+    counter_url = compare.counter_url_for(args)
 
     peers = make_peers(args)
     broker = Broker("redis", args.redis, args.redis, redis.Redis.from_url(counter_url),
@@ -292,11 +276,7 @@ def main(argv: list[str] | None = None) -> int:
     cells = build_cells(args, broker, peers)
     if not cells:
         raise SystemExit("nothing to measure: no --peers and no --celeriac-pools")
-    print(f"machine: {machine()}", file=sys.stderr)
-    for run in range(1, args.runs + 1):
-        print(f"run {run}/{args.runs}", file=sys.stderr)
-        for cell in cells:
-            compare.run_cell(cell, args.retries)
+    compare.run_all(cells, args.runs, args.retries)
     broker.reset()
 
     print()
