@@ -54,15 +54,21 @@ class Request:
     )
 
     def __init__(
-        self, consumer: Consumer, message: Message, task: Task[Any, Any], tm: TaskMessage
+        self,
+        consumer: Consumer,
+        message: Message,
+        task: Task[Any, Any],
+        tm: TaskMessage,
+        task_ignores_result: bool,
     ) -> None:
         self.consumer = consumer
         self.message = message
         self.task = task
         self.tm = tm
         #: Either side may ask for no result, as Celery's worker does: the task as the
-        #: worker declares it, or the message (a client that knows it differently).
-        self.ignore_result = tm.ignore_result or bool(task.ignore_result)
+        #: worker declares it (resolved once per task by its strategy), or the message
+        #: (a client that knows the task differently).
+        self.ignore_result = tm.ignore_result or task_ignores_result
         self.id = tm.id
         self.name = tm.name
         self.time_start: float | None = None

@@ -79,6 +79,7 @@ def default_strategy(task: Task[Any, Any], consumer: Consumer) -> Strategy:
         consumer.rate_limiters[task.name] = limiter
     dispatch = consumer.dispatch
     proceed = limiter.submit if limiter is not None else dispatch
+    ignores_result = bool(task.ignore_result)  # per task, not per message (a conf lookup)
 
     def task_message_handler(message: Message) -> None:
         try:
@@ -86,7 +87,7 @@ def default_strategy(task: Task[Any, Any], consumer: Consumer) -> Strategy:
         except DecodeError as exc:
             consumer.on_invalid_message(message, exc)
             return
-        request = Request(consumer, message, task, tm)
+        request = Request(consumer, message, task, tm, ignores_result)
         if info_enabled:
             logger.info("Task %s[%s] received", tm.name, tm.id)
         if tm.id in revoked or (state.revoked_stamps and state.stamp_revoked(tm.headers)):

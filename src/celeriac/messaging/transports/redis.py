@@ -460,6 +460,7 @@ class RedisTransport(Transport):
         layout = self.layout
         step_of: dict[int, int] = {}
         args: list[Any] = []
+        fanout_only = True
         for out in batch:
             message = out.message
             priority = message_priority(message)
@@ -480,12 +481,14 @@ class RedisTransport(Transport):
             if kind == "fanout":
                 rk = out.routing_key if self.settings.fanout_patterns else ""
                 channel = layout.fanout_channel(out.exchange, rk)
+            else:
+                fanout_only = False
             not_before = "" if out.not_before is None else repr(float(out.not_before))
             args.append(
                 (kind, out.exchange, out.routing_key, tag, step, not_before, envelope, channel)
             )
         client = self._require()
-        if all(a[0] == "fanout" for a in args):
+        if fanout_only:
             # Fanout only (event packs, broadcasts): plain PUBLISH, without the script's
             # per-call cost in Redis, which shares the worker's cores.
             with self._map_errors():
