@@ -412,7 +412,7 @@ class Celeriac:
                 if template is None:
                     outgoing, route, task_id = self.build_outgoing(name, args, kwargs, **options)
                     if fixed_route:
-                        template = self._template_for(name, outgoing.message, options)
+                        template = self._template_for(outgoing.message, options)
                         first = outgoing
                 else:
                     task_id = uuid4_str()
@@ -468,21 +468,15 @@ class Celeriac:
         explicit = options.get("queue") or options.get("exchange") or options.get("routing_key")
         return bool(explicit) or not self.router.routers
 
-    def _template_for(self, name: str, first: Any, options: Mapping[str, Any]) -> Any:
-        """A template for the calls after ``first``, or None where each needs a full build."""
+    def _template_for(self, first: Any, options: Mapping[str, Any]) -> Any:
+        """A template for the calls after ``first``, or None where each needs a full build
+        (a compressed message)."""
         from .protocol import MessageTemplate
 
-        task = options.get("task") or self.tasks.get(name)
-        conf = self.conf
-        if options.get("compression") or (
-            task.compression if task is not None else conf.task_compression
-        ):
+        if "compression" in first.headers:
             return None
-        serializer = options.get("serializer") or (
-            task.serializer if task is not None else conf.task_serializer
-        )
         own_reprs = options.get("argsrepr") is None and options.get("kwargsrepr") is None
-        return MessageTemplate(first, serializer, own_reprs)
+        return MessageTemplate(first, own_reprs)
 
     async def _task_sent_event(self, outgoing: Any, route: Any, name: str) -> Any:
         """The ``task-sent`` event message for a task message about to be published."""

@@ -24,6 +24,7 @@ from .messaging.message import Message
 from .serialization import (
     DEFAULT_MAX_DECOMPRESSED_SIZE,
     checked_codec,
+    codec_for,
     compress,
     decode_with,
     decompress,
@@ -297,11 +298,13 @@ class MessageTemplate:
 
     __slots__ = ("_embed", "_headers", "_own_root", "_properties", "_reprs", "_serializer")
 
-    def __init__(self, first: Message, serializer: str, own_reprs: bool) -> None:
+    def __init__(self, first: Message, own_reprs: bool) -> None:
         headers = first.headers
+        if "compression" in headers:
+            raise ValueError("a compressed message cannot serve as a template")
         self._headers = headers
         self._properties = first.properties
-        self._serializer = serializer
+        serializer = self._serializer = codec_for(first.content_type).name
         #: The root is the message itself unless it was sent from inside a task.
         self._own_root = headers.get("root_id") == headers.get("id")
         self._reprs = own_reprs

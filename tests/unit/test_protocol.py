@@ -414,7 +414,7 @@ def test_a_template_builds_what_build_task_message_builds(serializer: str) -> No
         "priority": 3, "expires": "2030-01-01T00:00:00+00:00", "serializer": serializer,
     }  # fmt: skip
     first = build_task_message("t.add", "id-1", (1, 2), {"z": 1}, **options)  # type: ignore[arg-type]
-    template = MessageTemplate(first, serializer, own_reprs=True)
+    template = MessageTemplate(first, own_reprs=True)
     made = template.build("id-2", (3, 4), {"z": 5})
     # send_task hands build_task_message a list (build_outgoing), whatever it was given
     expected = build_task_message("t.add", "id-2", [3, 4], {"z": 5}, **options)  # type: ignore[arg-type]
