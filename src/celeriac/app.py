@@ -27,6 +27,8 @@ from .config import Settings, settings_from_env, settings_from_object
 from .exceptions import AlreadyRegistered, NotRegistered
 from .messaging.connection import Connection
 from .messaging.producer import Producer
+from .messaging.transports.base import Outgoing
+from .protocol import build_task_message
 from .task import Task, current_request
 from .utils import portal
 from .utils.ids import uuid4_str
@@ -341,6 +343,18 @@ class Celeriac:
         ``link``, ``link_error``, ``serializer``, ``compression``, ``ignore_result``,
         ``time_limit``, ``soft_time_limit``, ``shadow``.
         """
+        if not portal.in_portal_thread() and not self.conf.task_send_sent_event:
+            # Sync callers publish over a blocking connection where the transport has one,
+            # skipping the event loop (see Transport.publish_sync); the first call to a
+            # queue, and any call the fast path cannot make, go through the loop.
+            producer = self._producers.get(portal.caller_loop())
+            if producer is not None:
+                from .result import AsyncResult
+
+                outgoing, route, task_id = self.build_outgoing(name, args, kwargs, **options)
+                if not producer.publish_sync(outgoing, route.queue):
+                    portal.run(self._publish_built(outgoing, route, name))
+                return AsyncResult(task_id, app=self, task_name=name)
         return portal.run(self.asend_task(name, args, kwargs, **options))
 
     async def asend_task(
@@ -354,20 +368,16 @@ class Celeriac:
         from .result import AsyncResult
 
         outgoing, route, task_id = self.build_outgoing(name, args, kwargs, **options)
+        await self._publish_built(outgoing, route, name)
+        return AsyncResult(task_id, app=self, task_name=name)
+
+    async def _publish_built(self, outgoing: Any, route: Any, name: str) -> None:
         producer = await self.get_producer()
+        batch = (outgoing,)
         if self.conf.task_send_sent_event:
             # The task and its task-sent event leave in one broker call.
-            sent = await self._task_sent_event(outgoing, route, name)
-            await producer.publish_many((outgoing, sent), declare=(route.queue,))
-            return AsyncResult(task_id, app=self, task_name=name)
-        await producer.publish(
-            outgoing.message,
-            outgoing.exchange,
-            outgoing.routing_key,
-            not_before=outgoing.not_before,
-            declare=(route.queue,),
-        )
-        return AsyncResult(task_id, app=self, task_name=name)
+            batch = (outgoing, await self._task_sent_event(outgoing, route, name))
+        await producer.publish_many(batch, declare=(route.queue,))
 
     def send_many(
         self,
@@ -392,7 +402,6 @@ class Celeriac:
         **options: Any,
     ) -> list[AsyncResult]:
         """``send_many`` for async code, on the running loop."""
-        from .messaging.transports.base import Outgoing
         from .protocol import MessageTemplate
         from .result import AsyncResult
 
@@ -526,43 +535,49 @@ class Celeriac:
         Returns ``(Outgoing, Route, task_id)``. Used by ``send_task`` and by the worker
         (retries, callbacks) so that every message is built one way.
         """
-        from .messaging.transports.base import Outgoing
-        from .protocol import build_task_message
-
-        unknown = set(options) - _SEND_OPTIONS
+        unknown = options.keys() - _SEND_OPTIONS
         if unknown:
             from .exceptions import ConfigurationError
 
             raise ConfigurationError.unknown_key(sorted(unknown)[0], _SEND_OPTIONS, "send option")
         conf = self.conf
-        task = options.get("task") or self.tasks.get(name)
-        task_id = options.get("task_id") or uuid4_str()
+        get = options.get
+        task = get("task") or self.tasks.get(name)
+        task_id = get("task_id")
+        fresh_id = not task_id
+        if fresh_id:
+            task_id = uuid4_str()
         args = list(args or ())
         kwargs = dict(kwargs or {})
         route = self.router.route(name, args, kwargs, options, task)
 
-        now = datetime.now(UTC)
-        eta = options.get("eta")
-        countdown = options.get("countdown")
-        if countdown is not None and eta is None:
-            eta = now + timedelta(seconds=float(countdown))
-        elif isinstance(eta, int | float):
-            eta = datetime.fromtimestamp(float(eta), UTC)
-        expires = options.get("expires")
+        # The clock is read only for the times a call has (most have none).
+        eta = get("eta")
+        countdown = get("countdown")
+        expires = get("expires")
         if expires is None and task is not None:
             expires = task.expires
+        now = (
+            datetime.now(UTC)
+            if eta is not None or countdown is not None or expires is not None
+            else None
+        )
+        if countdown is not None and eta is None:
+            eta = now + timedelta(seconds=float(countdown))  # type: ignore[operator]
+        elif isinstance(eta, int | float):
+            eta = datetime.fromtimestamp(float(eta), UTC)
         if isinstance(expires, int | float):
-            expires = now + timedelta(seconds=float(expires))
+            expires = now + timedelta(seconds=float(expires))  # type: ignore[operator]
         elif isinstance(expires, timedelta):
-            expires = now + expires
+            expires = now + expires  # type: ignore[operator]
 
         parent = current_request()
-        parent_id = options.get("parent_id")
-        root_id = options.get("root_id")
+        parent_id = get("parent_id")
+        root_id = get("root_id")
         if parent is not None and parent.id and not parent.is_eager:
             parent_id = parent_id or parent.id
             root_id = root_id or parent.root_id or parent.id
-        priority = options.get("priority")
+        priority = get("priority")
         if priority is None:
             priority = (
                 task.priority
@@ -570,11 +585,21 @@ class Celeriac:
                 else conf.task_default_priority
             )
 
-        ignore_result = options.get("ignore_result")
+        ignore_result = get("ignore_result")
         if ignore_result is None:
             ignore_result = task.ignore_result if task is not None else conf.task_ignore_result
-        link = options.get("link")
-        link_error = options.get("link_error")
+        if task is not None:
+            time_limit = get("time_limit") if "time_limit" in options else task.time_limit
+            soft_time_limit = (
+                get("soft_time_limit") if "soft_time_limit" in options else task.soft_time_limit
+            )
+            serializer = get("serializer") or task.serializer
+            compression = get("compression") or task.compression
+        else:
+            time_limit = get("time_limit", conf.task_time_limit)
+            soft_time_limit = get("soft_time_limit", conf.task_soft_time_limit)
+            serializer = get("serializer") or conf.task_serializer
+            compression = get("compression") or conf.task_compression
         message = build_task_message(
             name,
             task_id,
@@ -582,36 +607,34 @@ class Celeriac:
             kwargs,
             eta=eta,
             expires=expires,
-            retries=int(options.get("retries") or 0),
-            time_limit=options.get(
-                "time_limit", task.time_limit if task is not None else conf.task_time_limit
-            ),
-            soft_time_limit=options.get(
-                "soft_time_limit",
-                task.soft_time_limit if task is not None else conf.task_soft_time_limit,
-            ),
+            retries=int(get("retries") or 0),
+            time_limit=time_limit,
+            soft_time_limit=soft_time_limit,
             root_id=root_id,
             parent_id=parent_id,
-            group_id=options.get("group_id"),
-            group_index=options.get("group_index"),
-            shadow=options.get("shadow"),
-            origin=options.get("origin"),
+            group_id=get("group_id"),
+            group_index=get("group_index"),
+            shadow=get("shadow"),
+            origin=get("origin"),
             ignore_result=bool(ignore_result),
-            callbacks=_signatures(link),
-            errbacks=_signatures(link_error),
-            chain=options.get("chain"),
-            chord=options.get("chord"),
-            argsrepr=options.get("argsrepr"),
-            kwargsrepr=options.get("kwargsrepr"),
-            reply_to=options.get("reply_to") or self.oid,
+            callbacks=_signatures(get("link")),
+            errbacks=_signatures(get("link_error")),
+            chain=get("chain"),
+            chord=get("chord"),
+            argsrepr=get("argsrepr"),
+            kwargsrepr=get("kwargsrepr"),
+            reply_to=get("reply_to") or self.oid,
             priority=priority,
-            serializer=options.get("serializer")
-            or (task.serializer if task is not None else conf.task_serializer),
-            compression=options.get("compression")
-            or (task.compression if task is not None else conf.task_compression),
-            headers=options.get("headers"),
+            serializer=serializer,
+            compression=compression,
+            headers=get("headers"),
         )
-        not_before = eta.timestamp() if eta is not None and eta > now else None
+        if fresh_id:
+            # A new random id serves as the delivery tag too (as MessageTemplate's do),
+            # which saves the transport drawing one. An id the caller chose may be sent
+            # again, and tags must not repeat, so those get a tag of their own.
+            message.delivery_tag = task_id
+        not_before = eta.timestamp() if eta is not None and eta > now else None  # type: ignore[operator]
         outgoing = Outgoing(message, route.exchange, route.routing_key, not_before)
         return outgoing, route, task_id
 

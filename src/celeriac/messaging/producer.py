@@ -73,6 +73,21 @@ class Producer:
 
         await self.connection.retrying(send)
 
+    def publish_sync(self, outgoing: Outgoing, queue: Queue) -> bool:
+        """Publish one message from sync code, with no event loop, where the transport can.
+
+        Only to a ``queue`` already declared on this connection since it last connected:
+        declaring, reconnecting and retrying belong to :meth:`publish_many`, which the
+        caller uses whenever this returns False (nothing was stored).
+        """
+        if (
+            self._declared_generation != self.connection.generation
+            or queue.name not in self._declared
+            or not self.connection.is_connected
+        ):
+            return False
+        return self.connection.transport.publish_sync((outgoing,))
+
     async def _declare(self, transport: Transport, queues: Sequence[Queue]) -> None:
         generation = self.connection.generation
         if generation != self._declared_generation:

@@ -176,8 +176,7 @@ local function queue_info(q)
       remove_queue(q)
       info = false
     else
-      info = {expires = expires, ttl = ttl,
-              served = redis.call('EXISTS', consumers_key(q)) == 1}
+      info = {expires = expires, ttl = ttl}  -- served: looked up for delayed ones only
       if promote(q) > 0 then ready[q] = true end
     end
     infos[q] = info
@@ -224,6 +223,9 @@ for _ = 1, count do
       local info = queue_info(q)
       if info then
         local since = NOW
+        if nb and nb > NOW and info.served == nil then
+          info.served = redis.call('EXISTS', consumers_key(q)) == 1
+        end
         if nb and nb > NOW and info.served then
           redis.call('ZADD', P .. '_celeriac.delayed.' .. q, nb, step .. '|' .. env)
           since = nb

@@ -163,6 +163,16 @@ class Transport(abc.ABC):
         A message routed to no queue is dropped, as AMQP does for unroutable messages.
         """
 
+    def publish_sync(self, batch: Sequence[Outgoing]) -> bool:
+        """Publish from sync code without an event loop, if this transport can do so here.
+
+        True once the broker holds every message, as :meth:`publish`; False when nothing
+        was stored and the caller must use :meth:`publish` (which reconnects, retries and
+        raises). Transports whose sync path would be no cheaper than the loop's keep this
+        default.
+        """
+        return False
+
     @abc.abstractmethod
     async def fetch(self, queues: Sequence[str], limit: int, timeout: float) -> list[Message]:
         """Claim up to ``limit`` messages from ``queues``, waiting up to ``timeout`` s for one.

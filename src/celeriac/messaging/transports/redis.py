@@ -67,6 +67,7 @@ from ._redis_layout import (
     topic_pattern,
 )
 from ._redis_options import RedisTransportOptions
+from ._redis_sync import SyncPublisher
 from .base import QUARANTINE_QUEUE, ExchangeNotFound, Outgoing, Transport, mask_url
 from .memory import _check_fetch, check_outgoing, message_priority
 
@@ -171,9 +172,17 @@ class RedisTransport(Transport):
             self.layout.lease,
         ]
         self._common = [self.layout.prefix, self.layout.sep, self.layout.steps_arg]
+        self._publish_head = [*self._common, self.layout.ready_prefix]
         self._client: aioredis.Redis | None = None
         self._subscriber: Subscriber | None = None
         self._scripts: dict[str, Any] = {}
+        #: Blocking connections for sync publishers (None where redis-py is needed).
+        self._sync: SyncPublisher | None = None
+        #: Queues this connection declared with no expiry and no message TTL: the publish
+        #: script has nothing to do for an undelayed message to one but push it and ring
+        #: (declaring overwrites a queue's arguments, so ours are the queue's until it is
+        #: declared again, as AMQP refuses other arguments for a declared queue).
+        self._plain: set[str] = set()
         self._pid = os.getpid()
         self._forks = _forks
         self._rotation = 0
@@ -218,7 +227,15 @@ class RedisTransport(Transport):
             name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
         }
         self._subscriber = Subscriber(client, self._on_fanout, self._on_ready, self._on_failure)
+        if not self.endpoint.sentinels:
+            self._sync = SyncPublisher.for_client(
+                {**self.endpoint.kwargs, **self.settings.client},
+                self.endpoint.db,
+                scripts.PUBLISH,
+                self._scripts["PUBLISH"].sha,
+            )
         self._doorbells.clear()
+        self._plain.clear()
         self._next_restore = 0.0
         patterns = [
             p
@@ -262,6 +279,9 @@ class RedisTransport(Transport):
     async def _drop(self) -> None:
         subscriber, self._subscriber = self._subscriber, None
         client, self._client = self._client, None
+        sync, self._sync = self._sync, None
+        if sync is not None:
+            sync.close()
         self._ring_all()  # waiting fetches notice the close
         if subscriber is not None:
             await subscriber.stop()
@@ -425,6 +445,10 @@ class RedisTransport(Transport):
                 max(2 * int(expires_ms or 0), 3_600_000),
             ],
         )
+        if queue.expires is None and queue.message_ttl is None:
+            self._plain.add(queue.name)
+        else:
+            self._plain.discard(queue.name)
         fanout = [b for b in bindings if types[b.exchange] == "fanout"]
         if fanout:
             await self._subscribe_fanout(queue.name, [(b.exchange, b.routing_key) for b in fanout])
@@ -443,6 +467,7 @@ class RedisTransport(Transport):
             await self._subscriber.psubscribe(*patterns)
 
     async def delete_queue(self, name: str) -> None:
+        self._plain.discard(name)
         await self._script("DELETE_QUEUE", [], [*self._common, name])
         self._fanout.pop(name, None)
         for routes in self._fanout_routes.values():
@@ -457,9 +482,80 @@ class RedisTransport(Transport):
         for out in batch:
             check_outgoing(out)
         types = await self._exchange_types({o.exchange for o in batch if o.exchange})
+        args, fanout_only = self._publish_args(batch, types)
+        client = self._require()
+        if fanout_only:
+            # Fanout only (event packs, broadcasts): plain PUBLISH, without the script's
+            # per-call cost in Redis, which shares the worker's cores.
+            with self._map_errors():
+                if len(args) == 1:
+                    await client.publish(args[0][7], args[0][6])
+                    return
+                async with client.pipeline(transaction=False) as pipe:
+                    for a in args:
+                        pipe.publish(a[7], a[6])
+                    await pipe.execute()
+            return
+        script = self._scripts["PUBLISH"]
+        head = self._publish_head
+        with self._map_errors():
+            if len(args) <= PUBLISH_CHUNK:
+                await script(keys=[], args=[*head, len(args), *_flat(args)], client=client)
+                return
+            async with client.pipeline(transaction=False) as pipe:
+                for start in range(0, len(args), PUBLISH_CHUNK):
+                    chunk = args[start : start + PUBLISH_CHUNK]
+                    await script(keys=[], args=[*head, len(chunk), *_flat(chunk)], client=pipe)
+                await pipe.execute()
+
+    def publish_sync(self, batch: Sequence[Outgoing]) -> bool:
+        """Publish from sync code over a blocking connection, when that can be done plainly:
+        no TLS or Sentinel, exchanges already known here, not only fanout (see
+        :mod:`._redis_sync`). False means nothing was stored; use :meth:`publish`."""
+        publisher = self._sync
+        if publisher is None or not batch or len(batch) > PUBLISH_CHUNK or not self.is_connected:
+            return False
+        if len(batch) == 1:
+            out = batch[0]
+            if not out.exchange and out.not_before is None and out.routing_key in self._plain:
+                check_outgoing(out)
+                return self._push_plain(publisher, out)
+        types: dict[str, str] = {}
+        for out in batch:
+            check_outgoing(out)
+            if out.exchange:
+                kind = self._exchanges.get(out.exchange)
+                if kind is None:
+                    return False  # learning it needs a lookup: the async path does that
+                types[out.exchange] = kind
+        args, fanout_only = self._publish_args(batch, types)
+        if fanout_only:
+            return False
+        return publisher.run_script([*self._publish_head, len(args), *_flat(args)])
+
+    def _push_plain(self, publisher: SyncPublisher, out: Outgoing) -> bool:
+        """One message to a plain queue (see ``_plain``): what the publish script would
+        do for it, as two commands in one round trip, without the script's cost in Redis."""
+        message = out.message
+        priority = message_priority(message)
+        tag = message.delivery_tag or uuid4_hex()
+        try:
+            envelope = encode_envelope(message, "", out.routing_key, tag, priority)
+        except TypeError as exc:
+            raise TypeError(f"{message!r}: {exc}") from None
+        queue = out.routing_key
+        layout = self.layout
+        return publisher.push(
+            layout.list_key(queue, layout.step(priority)), envelope, layout.ready_prefix + queue
+        )
+
+    def _publish_args(
+        self, batch: Sequence[Outgoing], types: Mapping[str, str]
+    ) -> tuple[list[tuple[Any, ...]], bool]:
+        """The publish script's fields of every message, and whether all are fanout."""
         layout = self.layout
         step_of: dict[int, int] = {}
-        args: list[Any] = []
+        args: list[tuple[Any, ...]] = []
         fanout_only = True
         for out in batch:
             message = out.message
@@ -487,30 +583,7 @@ class RedisTransport(Transport):
             args.append(
                 (kind, out.exchange, out.routing_key, tag, step, not_before, envelope, channel)
             )
-        client = self._require()
-        if fanout_only:
-            # Fanout only (event packs, broadcasts): plain PUBLISH, without the script's
-            # per-call cost in Redis, which shares the worker's cores.
-            with self._map_errors():
-                if len(args) == 1:
-                    await client.publish(args[0][7], args[0][6])
-                    return
-                async with client.pipeline(transaction=False) as pipe:
-                    for a in args:
-                        pipe.publish(a[7], a[6])
-                    await pipe.execute()
-            return
-        script = self._scripts["PUBLISH"]
-        head = [*self._common, layout.ready_prefix]
-        with self._map_errors():
-            if len(args) <= PUBLISH_CHUNK:
-                await script(keys=[], args=[*head, len(args), *_flat(args)], client=client)
-                return
-            async with client.pipeline(transaction=False) as pipe:
-                for start in range(0, len(args), PUBLISH_CHUNK):
-                    chunk = args[start : start + PUBLISH_CHUNK]
-                    await script(keys=[], args=[*head, len(chunk), *_flat(chunk)], client=pipe)
-                await pipe.execute()
+        return args, fanout_only
 
     # -- fetching ----------------------------------------------------------------------
 

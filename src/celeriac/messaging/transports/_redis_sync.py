@@ -1,0 +1,217 @@
+"""Blocking Redis connections for ``delay()`` called from sync code.
+
+Sync callers (web views, scripts) send one task per call and wait for Redis's reply, so
+each call is one round trip. Run through the event loop and redis-py's asyncio client, a
+call costs about three times the round trip itself (loop start and stop, the client's
+connection pool, retry and health-check layers). A plain socket that speaks RESP with
+hiredis (redis-py's own C parser) costs little more than the round trip, and the reply
+still comes back before ``delay()`` returns: sent still means Redis holds the message.
+
+This path only ever *tries*: whatever it cannot do plainly (TLS, Sentinel, a broken
+socket, an error reply) it reports as not done, and the caller takes the async path,
+which owns reconnecting with backoff, re-declaring queues and turning errors into
+celeriac's. A socket that broke after Redis ran the command means the async retry stores
+the message a second time, which at-least-once delivery allows (the async path's own
+retries do the same).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+try:
+    import hiredis
+except ImportError:  # pragma: no cover - hiredis comes with the redis extra
+    hiredis = None
+
+__all__ = ["SyncPublisher"]
+
+#: redis-py client options this path honours; any other one set means "use redis-py".
+_HONOURED = frozenset(
+    {
+        "host",
+        "db",
+        "port",
+        "unix_socket_path",
+        "username",
+        "password",
+        "socket_timeout",
+        "socket_connect_timeout",
+        "socket_keepalive",
+        "client_name",
+        "max_connections",
+        "health_check_interval",
+        "retry_on_timeout",
+    }
+)
+
+
+class _Link:
+    """One blocking connection: a socket and its reply parser."""
+
+    __slots__ = ("reader", "sock")
+
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.reader = hiredis.Reader()
+
+    def call(self, command: Sequence[Any]) -> Any:
+        """Send one command and return its reply (an error reply comes back as a value)."""
+        self.sock.sendall(hiredis.pack_command(tuple(command)))
+        return self.read()
+
+    def read(self) -> Any:
+        reader = self.reader
+        while True:
+            reply = reader.gets()
+            if reply is not False:
+                return reply
+            data = self.sock.recv(65536)
+            if not data:
+                raise ConnectionResetError("Redis closed the connection")
+            reader.feed(data)
+
+    def close(self) -> None:
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+
+class SyncPublisher:
+    """Runs the publish script over blocking connections, one per concurrent caller.
+
+    Idle connections wait in a list: ``pop`` and ``append`` are atomic, so threads share
+    it without a lock.
+    """
+
+    def __init__(self, kwargs: Mapping[str, Any], db: int, script: str, sha: str) -> None:
+        self._kwargs = dict(kwargs)
+        self._db = db
+        self._script = script
+        self._sha = sha
+        self._idle: list[_Link] = []
+        self._open = 0
+        self._limit = int(self._kwargs.get("max_connections") or 50)
+
+    @classmethod
+    def for_client(
+        cls, kwargs: Mapping[str, Any], db: int, script: str, sha: str
+    ) -> SyncPublisher | None:
+        """A publisher for these redis-py client options, or None when one of them (TLS,
+        an option this path does not know) needs redis-py."""
+        if hiredis is None or not hasattr(hiredis, "pack_command"):
+            return None
+        if kwargs.get("ssl") or set(kwargs) - _HONOURED:
+            return None
+        return cls(kwargs, db, script, sha)
+
+    def run_script(self, args: Sequence[Any]) -> bool:
+        """Run the publish script with ``args``; True once Redis replied that it ran.
+
+        False means nothing is known to be stored and the caller must take the async
+        path: no connection could be had, the connection broke, or Redis answered with
+        an error (which the async path raises as celeriac's error).
+        """
+        return self._run((("EVALSHA", self._sha, 0, *args),), script_args=args)
+
+    def push(self, key: str, envelope: bytes, doorbell: str) -> bool:
+        """``LPUSH`` one message and ring its queue's doorbell, in one round trip (for
+        queues with nothing for the script to do: no TTL, no expiry, no delay). True
+        once Redis replied; False as for :meth:`run_script`."""
+        return self._run((("LPUSH", key, envelope), ("PUBLISH", doorbell, "")))
+
+    def _run(self, commands: Sequence[Sequence[Any]], script_args: Sequence[Any] = ()) -> bool:
+        # No fork check here: a forked child's sync calls find a new loop (utils.portal
+        # checks the pid), so a new connection, transport and publisher of their own.
+        try:
+            link = self._idle.pop()
+        except IndexError:
+            link = self._connect()
+            if link is None:
+                return False
+        try:
+            link.sock.sendall(b"".join([hiredis.pack_command(tuple(c)) for c in commands]))
+            replies = [link.read() for _ in commands]
+            if script_args and _no_script(replies[0]):
+                replies = [link.call(("EVAL", self._script, 0, *script_args))]
+        except (OSError, hiredis.ProtocolError):
+            self._discard(link)
+            return False
+        self._idle.append(link)
+        return not any(isinstance(r, hiredis.ReplyError) for r in replies)
+
+    def close(self) -> None:
+        """Close the idle connections (one in use closes when its call returns False)."""
+        idle, self._idle = self._idle, []
+        for link in idle:
+            self._discard(link)
+
+    def _discard(self, link: _Link) -> None:
+        self._open -= 1
+        link.close()
+
+    def _connect(self) -> _Link | None:
+        if self._open >= self._limit:
+            return None  # the async path's pool waits for a free connection
+        kw = self._kwargs
+        try:
+            path = kw.get("unix_socket_path")
+            timeout = kw.get("socket_connect_timeout")
+            if path is not None:
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                sock.settimeout(timeout)
+                sock.connect(path)
+            else:
+                sock = socket.create_connection((kw["host"], kw["port"]), timeout=timeout)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if kw.get("socket_keepalive"):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            _set_timeout(sock, kw.get("socket_timeout"))
+        except OSError:
+            return None
+        link = _Link(sock)
+        self._open += 1
+        setup: list[tuple[Any, ...]] = []
+        if kw.get("password") is not None:
+            user = kw.get("username")
+            setup.append(("AUTH", user, kw["password"]) if user else ("AUTH", kw["password"]))
+        if self._db:
+            setup.append(("SELECT", self._db))
+        if kw.get("client_name"):
+            setup.append(("CLIENT", "SETNAME", kw["client_name"]))
+        try:
+            if setup:
+                link.sock.sendall(b"".join(hiredis.pack_command(c) for c in setup))
+                replies = [link.read() for _ in setup]
+                if any(isinstance(r, hiredis.ReplyError) for r in replies):
+                    self._discard(link)  # wrong credentials: the async path says so
+                    return None
+        except (OSError, hiredis.ProtocolError):
+            self._discard(link)
+            return None
+        return link
+
+
+def _no_script(reply: Any) -> bool:
+    return isinstance(reply, hiredis.ReplyError) and str(reply).startswith("NOSCRIPT")
+
+
+def _set_timeout(sock: socket.socket, seconds: float | None) -> None:
+    """Bound blocking sends and receives by the kernel (``SO_SNDTIMEO``/``SO_RCVTIMEO``)
+    rather than by Python's socket timeout, which polls before every send and receive:
+    two more system calls a publish. A timed-out call raises an OSError either way."""
+    if seconds is None:
+        sock.settimeout(None)
+        return
+    try:
+        whole = int(seconds)
+        timeval = struct.pack("ll", whole, int((seconds - whole) * 1_000_000))
+        sock.settimeout(None)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, timeval)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDTIMEO, timeval)
+    except (OSError, struct.error):
+        sock.settimeout(seconds)  # no kernel timeouts here: Python's, with their polls

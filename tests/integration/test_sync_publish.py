@@ -1,0 +1,191 @@
+"""``delay()`` from sync code on Redis: blocking connections that skip the event loop.
+
+What a user sees must not depend on which path a call took: the message Redis holds,
+queue arguments (TTL), survival of a Redis restart, threads and forked children.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac import Celeriac
+from celeriac.messaging import Queue
+from celeriac.testing import start_worker
+from celeriac.utils import portal
+from tests.redis_keys import delete_matching
+
+from .conftest import queue_length, require_transport
+from .redis_servers import RedisServer
+
+pytestmark = pytest.mark.redis
+
+redis = pytest.importorskip("redis")
+
+
+def make_app(url: str, prefix: str, **conf: Any) -> Celeriac:
+    app = Celeriac(
+        "syncpub",
+        broker=url,
+        backend=f"memory://{uuid.uuid4().hex}",
+        broker_transport_options={"global_keyprefix": prefix, "polling_interval": 0.05},
+        set_as_current=False,
+        **conf,
+    )
+
+    @app.task(name="syncpub.add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    return app
+
+
+@pytest.fixture
+def shared() -> Iterator[tuple[Celeriac, Any, str]]:
+    require_transport("redis")
+    prefix = f"s{uuid.uuid4().hex[:10]}:"
+    raw = redis.Redis(host="127.0.0.1", port=6379, db=14)
+    app = make_app("redis://127.0.0.1:6379/14", prefix)
+    yield app, raw, prefix
+    app.close()
+    delete_matching(raw, f"{prefix}*")
+    raw.close()
+
+
+def sync_transport(app: Celeriac) -> Any:
+    producer = app._producers[portal.caller_loop()]
+    return producer.connection.transport
+
+
+def envelopes(raw: Any, key: str) -> list[dict[str, Any]]:
+    return [json.loads(e) for e in reversed(raw.lrange(key, 0, -1))]
+
+
+def test_sync_and_async_sends_leave_the_same_message(shared: tuple[Celeriac, Any, str]) -> None:
+    app, raw, prefix = shared
+    add = app.tasks["syncpub.add"]
+    first = add.delay(1, 2)  # through the loop: connects and declares the queue
+    assert sync_transport(app)._sync is not None
+    calls = raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0)
+    second = add.delay(3, 4)  # the blocking path
+    third = add.apply_async((5, 6), priority=6)
+    # Then the plain queue took no script call for them
+    assert raw.info("commandstats").get("cmdstat_evalsha", {}).get("calls", 0) == calls
+    got = envelopes(raw, f"{prefix}celery")
+    assert [e["headers"]["id"] for e in got] == [first.id, second.id]
+    # Then both are kombu's envelope with the same keys and the same properties' shape
+    a, b = got
+    assert a.keys() == b.keys()
+    assert a["properties"].keys() == b["properties"].keys()
+    assert b["properties"]["delivery_info"] == {"exchange": "", "routing_key": "celery"}
+    assert b["properties"]["delivery_tag"] == second.id
+    # Then the priority message went to its priority list, as kombu puts it
+    (p6,) = envelopes(raw, f"{prefix}celery\x06\x166")
+    assert p6["headers"]["id"] == third.id and p6["properties"]["priority"] == 6
+    # And a worker runs all three
+    with start_worker(app):
+        assert [r.get(timeout=10) for r in (first, second, third)] == [3, 7, 11]
+
+
+def test_a_queue_with_a_message_ttl_keeps_it_for_sync_sends(
+    shared: tuple[Celeriac, Any, str],
+) -> None:
+    app, raw, prefix = shared
+    app.conf.task_queues = [Queue("short", message_ttl=0.3)]
+    add = app.tasks["syncpub.add"]
+    add.apply_async((1, 1), queue="short")  # declares the queue
+    add.apply_async((2, 2), queue="short")  # the blocking path: still gets the TTL
+    assert raw.zcard(f"{prefix}_celeriac.ttl.short") == 2
+    time.sleep(0.5)
+    with start_worker(app, queues=["short"]):
+        time.sleep(0.5)
+    assert queue_length(app, "short") == 0  # both outlived their TTL: dropped, not run
+
+
+def test_threads_send_at_once_without_losing_a_call(shared: tuple[Celeriac, Any, str]) -> None:
+    app, raw, prefix = shared
+    add = app.tasks["syncpub.add"]
+    add.delay(0, 0)
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def send() -> None:
+        mine = [add.delay(i, i).id for i in range(300)]
+        with lock:
+            ids.extend(mine)
+
+    threads = [threading.Thread(target=send) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    stored = {e["headers"]["id"] for e in envelopes(raw, f"{prefix}celery")}
+    assert len(ids) == 2400 and set(ids) <= stored
+
+
+def test_a_forked_child_sends_on_connections_of_its_own(shared: tuple[Celeriac, Any, str]) -> None:
+    app, raw, prefix = shared
+    add = app.tasks["syncpub.add"]
+    add.delay(0, 0)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: send, say the ids, leave without cleanup
+        try:
+            ids = [add.delay(i, 1).id for i in range(50)]
+            os.write(write, json.dumps(ids).encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        child_ids = json.loads(pipe.read())
+    os.waitpid(pid, 0)
+    mine = [add.delay(i, 2).id for i in range(50)]  # the parent's connections still work
+    stored = [e["headers"]["id"] for e in envelopes(raw, f"{prefix}celery")]
+    assert set(child_ids) | set(mine) <= set(stored)
+    assert len(stored) == len(set(stored)) == 101
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()
+
+
+def test_sync_sends_survive_a_redis_restart(private_redis: RedisServer) -> None:
+    app = make_app(private_redis.url, "")
+    add = app.tasks["syncpub.add"]
+    try:
+        [add.delay(i, 0) for i in range(20)]
+        # Given Redis restarts (empty: this one keeps no data) under the blocking connections
+        private_redis.restart()
+        after = [add.delay(i, 1).id for i in range(20)]
+        # Then every call after it was stored: the broken connection's call went through
+        # the loop, which reconnected and declared again, and later ones use fresh
+        # blocking connections
+        raw = redis.Redis.from_url(private_redis.url)
+        stored = [json.loads(e)["headers"]["id"] for e in raw.lrange("celery", 0, -1)]
+        assert raw.exists("_celeriac.queue.celery")  # declared again after the restart
+        raw.close()
+        assert sorted(stored) == sorted(after)
+        assert sync_transport(app)._sync is not None
+    finally:
+        app.close()
+
+
+def test_wrong_password_is_still_a_clear_error(shared: tuple[Celeriac, Any, str]) -> None:
+    prefix = shared[2]
+    bad = make_app("redis://nobody:wrong@127.0.0.1:6379/14", prefix)
+    try:
+        with pytest.raises(Exception, match="refused the credentials"):
+            bad.tasks["syncpub.add"].delay(1, 2)
+    finally:
+        bad.close()
