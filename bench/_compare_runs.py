@@ -353,6 +353,10 @@ def drain(side: str, broker: Broker, pool: str, concurrency: int, stored: bool, 
 
 #: No-op tasks run before the growth is measured (fills prefetch buffers, caches, arenas).
 RSS_WARMUP = 50_000
+#: Seconds between the last execution and an RSS reading: the pool returns its last
+#: results, and a celeriac worker gives freed heap back once idle for 0.25 s (its Memory
+#: step); both readings, before and after the run, are taken the same way.
+SETTLE = 1.0
 
 
 @dataclass
@@ -422,14 +426,14 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
                 bulk_publish(feeder, name, RSS_WARMUP, batch)
                 executed += RSS_WARMUP
                 wait_for(broker, worker, executed, drain_timeout(RSS_WARMUP))
-                time.sleep(0.5)
+                time.sleep(SETTLE)
                 session.rss_warm = worker.rss()
                 bulk_publish(feeder, name, rss_n, batch)
             finally:
                 feeder.close()
             executed += rss_n
             wait_for(broker, worker, executed, drain_timeout(rss_n))
-            time.sleep(0.5)  # let the pool return its last results
+            time.sleep(SETTLE)
             session.rss_after = worker.rss()
             session.tasks = rss_n
     finally:

@@ -185,6 +185,49 @@ def test_consumer_settles_in_few_batched_calls(
     run(main())
 
 
+def test_settlements_go_one_call_at_a_time_while_the_broker_is_slow(
+    transport_url: str, base_options: dict[str, Any], unique: Names
+) -> None:
+    # A call per loop iteration, each on a connection of its own while the broker is
+    # slow to answer, grew a Redis worker's connection pool to its limit under load.
+    q = unique("q")
+
+    async def main() -> None:
+        async with connection(transport_url, base_options) as conn:
+            await conn.declare(Queue(q))
+            await publish(conn, q, 600)
+            original_ack = conn.transport.ack
+            in_flight: list[int] = [0]
+            most: list[int] = [0]
+            acked: list[int] = []
+
+            async def slow_ack(messages: Any) -> None:
+                in_flight[0] += 1
+                most[0] = max(most[0], in_flight[0])
+                try:
+                    await asyncio.sleep(0.03)  # a broker slower than the loop
+                    await original_ack(messages)
+                    acked.append(len(messages))
+                finally:
+                    in_flight[0] -= 1
+
+            conn.transport.ack = slow_ack  # type: ignore[method-assign]
+            consumer = Consumer(
+                conn, [Queue(q)], lambda m: m.ack(), prefetch_count=50, fetch_timeout=0.2
+            )
+            task = asyncio.create_task(consumer.run())
+            await until(lambda: sum(acked) == 600)
+            consumer.stop()
+            await task
+            # Then every message was acked once, never two calls at once, and what piled
+            # up during a call went out together in the next
+            assert sum(acked) == 600 and most[0] == 1
+            assert len(acked) < 600 / 50
+            assert await conn.transport.queue_length(q) == 0
+
+    run(main())
+
+
 def test_consumer_respects_prefetch_and_its_runtime_changes(
     transport_url: str, base_options: dict[str, Any], unique: Names
 ) -> None:

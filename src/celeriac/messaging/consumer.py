@@ -65,6 +65,7 @@ class Consumer:
         self._requeues: list[Message] = []
         self._flush_handle: asyncio.Handle | None = None
         self._flushing: set[asyncio.Task[Any]] = set()
+        self._settler: asyncio.Task[Any] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._wakeup: asyncio.Event | None = None
         self._running = False
@@ -234,17 +235,31 @@ class Consumer:
 
     def _start_flush(self) -> None:
         self._flush_handle = None
-        acks, rejects, requeues = self._acks, self._rejects, self._requeues
-        if not (acks or rejects or requeues):
+        if not (self._acks or self._rejects or self._requeues):
             return
-        self._acks, self._rejects, self._requeues = [], [], []
-        self._track(self._settle(acks, rejects, requeues))
+        settler = self._settler
+        if settler is None or settler.done():
+            self._settler = self._track(self._settle_pending())
 
-    def _track(self, coro: Coroutine[Any, Any, Any]) -> None:
+    async def _settle_pending(self) -> None:
+        """Settle in batches, one broker call at a time: what piles up during a call goes
+        in the next one. A call per loop iteration instead, each on its own connection
+        while Redis is slow to answer, grew the connection pool to its limit under load
+        (and the worker's memory with it)."""
+        # Settlements wait for no one, while a result written in the same loop iteration
+        # may have a client waiting on it: let that write go out first.
+        await asyncio.sleep(0)
+        while self._acks or self._rejects or self._requeues:
+            acks, rejects, requeues = self._acks, self._rejects, self._requeues
+            self._acks, self._rejects, self._requeues = [], [], []
+            await self._settle(acks, rejects, requeues)
+
+    def _track(self, coro: Coroutine[Any, Any, Any]) -> asyncio.Task[Any]:
         loop = self._loop or asyncio.get_running_loop()
         task: asyncio.Task[Any] = loop.create_task(coro)
         self._flushing.add(task)
         task.add_done_callback(self._flushing.discard)
+        return task
 
     async def _settle(
         self, acks: list[Message], rejects: list[Message], requeues: list[Message]

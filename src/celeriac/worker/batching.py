@@ -55,9 +55,12 @@ class CoalescingWriter(Generic[T]):
         if not self._scheduled:
             self._scheduled = True
             self._idle.clear()
-            asyncio.get_running_loop().call_soon(self._start)
+            self._start()
 
     def _start(self) -> None:
+        # A new task's first step runs in the next loop iteration, so whatever the rest
+        # of this iteration adds still joins the same write, without a call_soon's extra
+        # iteration before it (a client may be waiting for the result being written).
         if self._task is None or self._task.done():
             self._task = asyncio.ensure_future(self._drain())
 

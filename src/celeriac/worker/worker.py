@@ -69,6 +69,7 @@ class WorkerBlueprint(Blueprint):
         "celeriac.worker.statedb:StateDB",
         "celeriac.worker.components:Consumer",
         "celeriac.worker.autoscale:AutoscalerStep",
+        "celeriac.worker.memory:Memory",
     }
 
 
