@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 
 #: Channels named in one SUBSCRIBE/UNSUBSCRIBE command at most.
 _CHUNK = 5000
+#: Seconds an UNSUBSCRIBE may wait for a SUBSCRIBE to travel with.
+UNSUBSCRIBE_AFTER = 0.5
 #: First and largest pause (s) between reconnection attempts.
 _BACKOFF_START = 0.05
 _BACKOFF_MAX = 2.0
@@ -92,6 +94,7 @@ class ResultSubscriber:
         self._to_sub: dict[bytes, list[asyncio.Future[None]]] = {}
         self._to_unsub: set[bytes] = set()
         self._dirty = asyncio.Event()
+        self._unsub_timer: asyncio.TimerHandle | None = None
         self._last_read = self._loop.time()
         self._closed: BaseException | None = None
         self._connected_once = False
@@ -137,7 +140,15 @@ class ResultSubscriber:
         if pending is not None:  # never sent: nothing to undo
             _cancel(pending)
         elif self._sent.get(channel) == "sub":
+            # Not sent at once: a sync get() would pay for the UNSUBSCRIBE before it
+            # returns. It leaves with the next SUBSCRIBE, or after a pause.
             self._to_unsub.add(channel)
+            if self._unsub_timer is None:
+                self._unsub_timer = self._loop.call_later(UNSUBSCRIBE_AFTER, self._unsub_due)
+
+    def _unsub_due(self) -> None:
+        self._unsub_timer = None
+        if self._to_unsub:
             self._dirty.set()
 
     def channels(self) -> list[bytes]:
@@ -149,6 +160,9 @@ class ResultSubscriber:
         if self._closed is None:
             self._closed = ConnectionClosedError(f"{self!r} was closed")
         self._runner.cancel()
+        if self._unsub_timer is not None:
+            self._unsub_timer.cancel()
+            self._unsub_timer = None
         with contextlib.suppress(asyncio.CancelledError):
             await self._runner
         self._fail_pending(self._closed)
