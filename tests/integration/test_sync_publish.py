@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -22,6 +21,7 @@ from celeriac.messaging import Queue
 from celeriac.testing import start_worker
 from celeriac.utils import portal
 from tests.redis_keys import delete_matching
+from tests.threads import on_threads
 
 from .conftest import queue_length, require_transport
 from .redis_servers import RedisServer
@@ -114,19 +114,8 @@ def test_threads_send_at_once_without_losing_a_call(shared: tuple[Celeriac, Any,
     app, raw, prefix = shared
     add = app.tasks["syncpub.add"]
     add.delay(0, 0)
-    ids: list[str] = []
-    lock = threading.Lock()
-
-    def send() -> None:
-        mine = [add.delay(i, i).id for i in range(300)]
-        with lock:
-            ids.extend(mine)
-
-    threads = [threading.Thread(target=send) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    sent = on_threads(lambda: [add.delay(i, i).id for i in range(300)], 8)
+    ids = [i for mine in sent for i in mine]
     stored = {e["headers"]["id"] for e in envelopes(raw, f"{prefix}celery")}
     assert len(ids) == 2400 and set(ids) <= stored
 

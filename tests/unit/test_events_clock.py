@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import threading
+from tests.threads import on_threads
 
 from celeriac.events import LamportClock, timetuple
 
@@ -24,19 +24,8 @@ def test_adjust_moves_past_a_larger_received_value() -> None:
 def test_forward_is_thread_safe() -> None:
     # Given four threads forwarding the same clock
     clock = LamportClock()
-    seen: list[int] = []
-    lock = threading.Lock()
-
-    def run() -> None:
-        mine = [clock.forward() for _ in range(2000)]
-        with lock:
-            seen.extend(mine)
-
-    threads = [threading.Thread(target=run) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    handed = on_threads(lambda: [clock.forward() for _ in range(2000)], 4)
+    seen = [v for mine in handed for v in mine]
     # Then every value was handed out exactly once
     assert sorted(seen) == list(range(1, 8001))
 

@@ -11,6 +11,7 @@ import textwrap
 import threading
 
 import pytest
+from tests.threads import on_threads
 
 from celeriac.utils import portal
 
@@ -42,19 +43,10 @@ def test_main_thread_calls_need_no_background_thread() -> None:
 
 
 def test_other_threads_share_the_portal() -> None:
-    seen: list[str] = []
-
     async def where() -> str:
         return threading.current_thread().name
 
-    def call() -> None:
-        seen.append(portal.run(where()))
-
-    threads = [threading.Thread(target=call) for _ in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(10)
+    seen = on_threads(lambda: portal.run(where()), 3)
     assert seen == ["celeriac-portal"] * 3
     assert portal.run(where()) == threading.main_thread().name
 
