@@ -178,3 +178,28 @@ def test_wrong_password_is_still_a_clear_error(shared: tuple[Celeriac, Any, str]
             bad.tasks["syncpub.add"].delay(1, 2)
     finally:
         bad.close()
+
+
+def test_a_user_without_channel_rights_still_stores_each_call_once(
+    private_redis: RedisServer,
+) -> None:
+    # Given an ACL user that may write keys but not publish (Redis 7's default for new
+    # users), so the doorbell after the push is refused
+    admin = redis.Redis.from_url(private_redis.url)
+    admin.acl_setuser(
+        "pusher", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-publish"]
+    )
+    # (a message already waits, so the publish script of the first call, which declares
+    # the queue, has no doorbell to ring)
+    admin.lpush("celery", json.dumps({"headers": {"id": "waiting"}}))
+    url = private_redis.url.replace("redis://", "redis://pusher:pw@")
+    app = make_app(url, "")
+    add = app.tasks["syncpub.add"]
+    try:
+        ids = [add.delay(i, 0).id for i in range(5)]
+        # Then each call is stored once, not pushed again by a fallback
+        stored = [json.loads(e)["headers"]["id"] for e in admin.lrange("celery", 0, -1)]
+        assert sorted(stored) == sorted([*ids, "waiting"])
+    finally:
+        app.close()
+        admin.close()

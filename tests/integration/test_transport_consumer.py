@@ -127,6 +127,35 @@ def test_broken_operation_reconnects_redeclares_and_retries(
     run(main())
 
 
+def test_a_publish_sent_again_after_a_lost_reply_gives_the_copy_its_own_tag(
+    transport_url: str, base_options: dict[str, Any], unique: Names
+) -> None:
+    # Brokers key unacked records by delivery tag: two copies sharing one would share
+    # their record, and acking one could settle (or refuse) the other.
+    q = unique("q")
+
+    async def main() -> None:
+        async with connection(transport_url, base_options) as conn:
+            await conn.declare(Queue(q))
+            original = conn.transport.publish
+            calls: list[int] = []
+
+            async def stored_then_broken(batch: Any) -> None:
+                await original(batch)
+                calls.append(1)
+                if len(calls) == 1:  # stored, but the reply never came back
+                    raise ConnectionBrokenError("injected: reply lost")
+
+            conn.transport.publish = stored_then_broken  # type: ignore[method-assign]
+            message = Message(b"1", delivery_tag="fixed-tag")
+            await Producer(conn).publish_many([Outgoing(message, "", q)])
+            got = await conn.transport.fetch([q], 10, 1.0)
+            assert len(got) == 2  # at least once: the copy is there too
+            assert len({m.delivery_tag for m in got}) == 2
+
+    run(main())
+
+
 def test_producer_declares_each_queue_once_per_connection(
     transport_url: str, base_options: dict[str, Any], unique: Names
 ) -> None:

@@ -16,6 +16,7 @@ def test_trims_once_after_each_burst_and_never_while_busy(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(memory, "IDLE_AFTER", 0.01)
+    monkeypatch.setattr(memory, "TRIM_EVERY", 0.0)
     state = WorkerState()
     trims: list[int] = []
 
@@ -42,6 +43,24 @@ def test_trims_once_after_each_burst_and_never_while_busy(
         task.cancel()
 
     asyncio.run(main())
+
+
+def test_trims_no_more_often_than_trim_every(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Given tasks trickling in slower than the idle delay
+    monkeypatch.setattr(memory, "IDLE_AFTER", 0.01)
+    monkeypatch.setattr(memory, "TRIM_EVERY", 10.0)
+    state = WorkerState()
+    trims: list[int] = []
+
+    async def main() -> None:
+        task = asyncio.ensure_future(memory._trim_when_idle(state, lambda: trims.append(1)))
+        for _ in range(5):
+            state.all_total_count += 1
+            await asyncio.sleep(0.05)
+        task.cancel()
+
+    asyncio.run(main())
+    assert trims == [1]  # the first idle spell trims; the next ones are too soon
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")

@@ -66,7 +66,17 @@ class Producer:
             if not isinstance(out.message, Message):
                 raise TypeError(f"can only publish Message objects, not {out.message!r}")
 
+        attempts = 0
+
         async def send(transport: Transport) -> None:
+            nonlocal attempts
+            attempts += 1
+            if attempts > 1:
+                # The broken attempt may have stored some messages before its reply was
+                # lost: copies sent again get delivery tags of their own, since a broker
+                # keys its unacked records by tag.
+                for out in batch:
+                    out.message.delivery_tag = None
             if declare:
                 await self._declare(transport, declare)
             await transport.publish(batch)

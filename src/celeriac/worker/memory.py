@@ -24,10 +24,13 @@ if TYPE_CHECKING:
     from .state import WorkerState
     from .worker import WorkController
 
-__all__ = ["IDLE_AFTER", "Memory"]
+__all__ = ["IDLE_AFTER", "TRIM_EVERY", "Memory"]
 
 #: Seconds without a finished task, after a burst, before the worker trims its heap.
 IDLE_AFTER = 0.25
+#: Fewest seconds between two trims: tasks trickling in slower than IDLE_AFTER would
+#: otherwise trim after every one (a few milliseconds each on a large heap).
+TRIM_EVERY = 10.0
 
 
 class Memory(Step):
@@ -58,11 +61,14 @@ class Memory(Step):
 
 
 async def _trim_when_idle(state: WorkerState, trim: Callable[[], object]) -> None:
+    loop = asyncio.get_running_loop()
     trimmed_at = seen = state.all_total_count
+    last = -TRIM_EVERY
     while True:
         await asyncio.sleep(IDLE_AFTER)
         count = state.all_total_count
-        if count == seen and count != trimmed_at and not state.active:
+        idle = count == seen and not state.active
+        if idle and count != trimmed_at and loop.time() - last >= TRIM_EVERY:
             trim()
-            trimmed_at = count
+            trimmed_at, last = count, loop.time()
         seen = count

@@ -116,15 +116,21 @@ class SyncPublisher:
         path: no connection could be had, the connection broke, or Redis answered with
         an error (which the async path raises as celeriac's error).
         """
-        return self._run((("EVALSHA", self._sha, 0, *args),), script_args=args)
+        replies = self._run((("EVALSHA", self._sha, 0, *args),), script_args=args)
+        return replies is not None and not isinstance(replies[0], hiredis.ReplyError)
 
     def push(self, key: str, envelope: bytes, doorbell: str) -> bool:
         """``LPUSH`` one message and ring its queue's doorbell, in one round trip (for
         queues with nothing for the script to do: no TTL, no expiry, no delay). True
-        once Redis replied; False as for :meth:`run_script`."""
-        return self._run((("LPUSH", key, envelope), ("PUBLISH", doorbell, "")))
+        once Redis stored it; False as for :meth:`run_script`. A refused doorbell (an
+        ACL user without channel rights) does not unstore the message: a waiting worker
+        finds it at its next poll instead of at once."""
+        replies = self._run((("LPUSH", key, envelope), ("PUBLISH", doorbell, "")))
+        return replies is not None and not isinstance(replies[0], hiredis.ReplyError)
 
-    def _run(self, commands: Sequence[Sequence[Any]], script_args: Sequence[Any] = ()) -> bool:
+    def _run(
+        self, commands: Sequence[Sequence[Any]], script_args: Sequence[Any] = ()
+    ) -> list[Any] | None:
         # No fork check here: a forked child's sync calls find a new loop (utils.portal
         # checks the pid), so a new connection, transport and publisher of their own.
         try:
@@ -132,7 +138,7 @@ class SyncPublisher:
         except IndexError:
             link = self._connect()
             if link is None:
-                return False
+                return None
         try:
             link.sock.sendall(b"".join([hiredis.pack_command(tuple(c)) for c in commands]))
             replies = [link.read() for _ in commands]
@@ -140,9 +146,12 @@ class SyncPublisher:
                 replies = [link.call(("EVAL", self._script, 0, *script_args))]
         except (OSError, hiredis.ProtocolError):
             self._discard(link)
-            return False
+            return None
+        except BaseException:  # Ctrl-C mid-reply: the link's state is unknown
+            self._discard(link)
+            raise
         self._idle.append(link)
-        return not any(isinstance(r, hiredis.ReplyError) for r in replies)
+        return replies
 
     def close(self) -> None:
         """Close the idle connections (one in use closes when its call returns False)."""
