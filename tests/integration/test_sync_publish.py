@@ -181,7 +181,7 @@ def test_wrong_password_is_still_a_clear_error(shared: tuple[Celeriac, Any, str]
 
 
 def test_a_user_without_channel_rights_still_stores_each_call_once(
-    private_redis: RedisServer,
+    private_redis: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
     # Given an ACL user that may write keys but not publish (Redis 7's default for new
     # users), so the doorbell after the push is refused
@@ -200,6 +200,9 @@ def test_a_user_without_channel_rights_still_stores_each_call_once(
         # Then each call is stored once, not pushed again by a fallback
         stored = [json.loads(e)["headers"]["id"] for e in admin.lrange("celery", 0, -1)]
         assert sorted(stored) == sorted([*ids, "waiting"])
+        # And the refused wake-up is said once, with what to do about it
+        said = [r.getMessage() for r in caplog.records if "refused a doorbell" in r.getMessage()]
+        assert len(said) == 1 and "allow this user to publish" in said[0]
     finally:
         app.close()
         admin.close()

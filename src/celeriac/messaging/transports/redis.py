@@ -183,6 +183,7 @@ class RedisTransport(Transport):
         #: (declaring overwrites a queue's arguments, so ours are the queue's until it is
         #: declared again, as AMQP refuses other arguments for a declared queue).
         self._plain: set[str] = set()
+        self._said_doorbell_refused = False
         self._pid = os.getpid()
         self._forks = _forks
         self._rotation = 0
@@ -481,6 +482,10 @@ class RedisTransport(Transport):
             return
         for out in batch:
             check_outgoing(out)
+        plain = self._plain
+        if all(not o.exchange and o.not_before is None and o.routing_key in plain for o in batch):
+            await self._push_plain_many(batch)
+            return
         types = await self._exchange_types({o.exchange for o in batch if o.exchange})
         args, fanout_only = self._publish_args(batch, types)
         client = self._require()
@@ -536,6 +541,51 @@ class RedisTransport(Transport):
     def _push_plain(self, publisher: SyncPublisher, out: Outgoing) -> bool:
         """One message to a plain queue (see ``_plain``): what the publish script would
         do for it, as two commands in one round trip, without the script's cost in Redis."""
+        key, envelope = self._plain_entry(out)
+        return publisher.push(key, envelope, self.layout.ready_prefix + out.routing_key)
+
+    async def _push_plain_many(self, batch: Sequence[Outgoing]) -> None:
+        """Messages all bound for plain queues (see ``_plain``): one ``LPUSH`` per list and
+        one doorbell per queue, pipelined, instead of the script's per-message work in
+        Redis (about 5 us a message, against 1 for the push)."""
+        lists: dict[str, list[bytes]] = {}
+        for out in batch:
+            key, envelope = self._plain_entry(out)
+            lists.setdefault(key, []).append(envelope)
+        bells = dict.fromkeys(self.layout.ready_prefix + out.routing_key for out in batch)
+        client = self._require()
+        with self._map_errors():
+            async with client.pipeline(transaction=False) as pipe:
+                pushes = 0
+                for key, envelopes in lists.items():
+                    for start in range(0, len(envelopes), PUBLISH_CHUNK):
+                        pipe.lpush(key, *envelopes[start : start + PUBLISH_CHUNK])
+                        pushes += 1
+                for bell in bells:
+                    pipe.publish(bell, "")
+                replies = await pipe.execute(raise_on_error=False)
+            for reply in replies[:pushes]:
+                if isinstance(reply, Exception):
+                    raise reply
+        for reply in replies[pushes:]:
+            if isinstance(reply, Exception):
+                self._doorbell_refused(reply)
+                break
+
+    def _doorbell_refused(self, exc: BaseException) -> None:
+        """The messages are stored; only the wake-up was refused (an ACL user without
+        channel rights): workers find them at their next poll. Said once."""
+        if not self._said_doorbell_refused:
+            self._said_doorbell_refused = True
+            logger.warning(
+                "broker %s refused a doorbell PUBLISH (%s): messages are stored, and "
+                "workers find them at their next poll (polling_interval) instead of at "
+                "once; allow this user to publish to %s* channels",
+                self._where, exc, self.layout.ready_prefix,
+            )
+
+    def _plain_entry(self, out: Outgoing) -> tuple[str, bytes]:
+        """The list a message for a plain queue goes to, and its envelope."""
         message = out.message
         priority = message_priority(message)
         tag = message.delivery_tag or uuid4_hex()
@@ -543,11 +593,8 @@ class RedisTransport(Transport):
             envelope = encode_envelope(message, "", out.routing_key, tag, priority)
         except TypeError as exc:
             raise TypeError(f"{message!r}: {exc}") from None
-        queue = out.routing_key
         layout = self.layout
-        return publisher.push(
-            layout.list_key(queue, layout.step(priority)), envelope, layout.ready_prefix + queue
-        )
+        return layout.list_key(out.routing_key, layout.step(priority)), envelope
 
     def _publish_args(
         self, batch: Sequence[Outgoing], types: Mapping[str, str]
