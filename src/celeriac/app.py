@@ -353,9 +353,6 @@ class Celeriac:
 
                 outgoing, route, task_id = self.build_outgoing(name, args, kwargs, **options)
                 if not producer.publish_sync(outgoing, route.queue):
-                    # The blocking attempt may have been stored before its reply was
-                    # lost: a copy sent again must not share its delivery tag.
-                    outgoing.message.delivery_tag = None
                     portal.run(self._publish_built(outgoing, route, name))
                 return AsyncResult(task_id, app=self, task_name=name)
         return portal.run(self.asend_task(name, args, kwargs, **options))

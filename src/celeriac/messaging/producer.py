@@ -72,11 +72,7 @@ class Producer:
             nonlocal attempts
             attempts += 1
             if attempts > 1:
-                # The broken attempt may have stored some messages before its reply was
-                # lost: copies sent again get delivery tags of their own, since a broker
-                # keys its unacked records by tag.
-                for out in batch:
-                    out.message.delivery_tag = None
+                _retag(batch)
             if declare:
                 await self._declare(transport, declare)
             await transport.publish(batch)
@@ -96,7 +92,10 @@ class Producer:
             or not self.connection.is_connected
         ):
             return False
-        return self.connection.transport.publish_sync((outgoing,))
+        if self.connection.transport.publish_sync((outgoing,)):
+            return True
+        _retag((outgoing,))  # the attempt may have been stored before its reply was lost
+        return False
 
     async def _declare(self, transport: Transport, queues: Sequence[Queue]) -> None:
         generation = self.connection.generation
@@ -107,3 +106,11 @@ class Producer:
             if queue.name not in self._declared:
                 await transport.declare_queue(queue)
                 self._declared.add(queue.name)
+
+
+def _retag(batch: Sequence[Outgoing]) -> None:
+    """Let the transport draw new delivery tags for messages sent again: an attempt that
+    broke may have stored some before its reply was lost, and a broker keys its unacked
+    records by tag, so a copy must not share the first one's."""
+    for out in batch:
+        out.message.delivery_tag = None

@@ -12,11 +12,12 @@ Python returns itself when they empty.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..utils.malloc import limit_arenas, trimmer
+from ..utils.tasks import cancel_and_wait
 from .bootsteps import Step
 from .components import Hub
 
@@ -25,6 +26,8 @@ if TYPE_CHECKING:
     from .worker import WorkController
 
 __all__ = ["IDLE_AFTER", "TRIM_EVERY", "Memory"]
+
+logger = logging.getLogger("celeriac.worker")
 
 #: Seconds without a finished task, after a burst, before the worker trims its heap.
 IDLE_AFTER = 0.25
@@ -54,10 +57,7 @@ class Memory(Step):
 
     async def stop(self, w: WorkController) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task, logger, "memory trimmer")
 
 
 async def _trim_when_idle(state: WorkerState, trim: Callable[[], object]) -> None:

@@ -482,8 +482,7 @@ class RedisTransport(Transport):
             return
         for out in batch:
             check_outgoing(out)
-        plain = self._plain
-        if all(not o.exchange and o.not_before is None and o.routing_key in plain for o in batch):
+        if all(self._is_plain(out) for out in batch):
             await self._push_plain_many(batch)
             return
         types = await self._exchange_types({o.exchange for o in batch if o.exchange})
@@ -520,11 +519,11 @@ class RedisTransport(Transport):
         publisher = self._sync
         if publisher is None or not batch or len(batch) > PUBLISH_CHUNK or not self.is_connected:
             return False
-        if len(batch) == 1:
+        if len(batch) == 1 and self._is_plain(batch[0]):
             out = batch[0]
-            if not out.exchange and out.not_before is None and out.routing_key in self._plain:
-                check_outgoing(out)
-                return self._push_plain(publisher, out)
+            check_outgoing(out)
+            key, envelope = self._plain_entry(out, {})
+            return publisher.push(key, envelope, self.layout.ready_prefix + out.routing_key)
         types: dict[str, str] = {}
         for out in batch:
             check_outgoing(out)
@@ -538,21 +537,21 @@ class RedisTransport(Transport):
             return False
         return publisher.run_script([*self._publish_head, len(args), *_flat(args)])
 
-    def _push_plain(self, publisher: SyncPublisher, out: Outgoing) -> bool:
-        """One message to a plain queue (see ``_plain``): what the publish script would
-        do for it, as two commands in one round trip, without the script's cost in Redis."""
-        key, envelope = self._plain_entry(out)
-        return publisher.push(key, envelope, self.layout.ready_prefix + out.routing_key)
+    def _is_plain(self, out: Outgoing) -> bool:
+        """Whether the publish script would only push ``out`` and ring: an undelayed
+        message through the default exchange to a plain queue (see ``_plain``)."""
+        return not out.exchange and out.not_before is None and out.routing_key in self._plain
 
     async def _push_plain_many(self, batch: Sequence[Outgoing]) -> None:
         """Messages all bound for plain queues (see ``_plain``): one ``LPUSH`` per list and
         one doorbell per queue, pipelined, instead of the script's per-message work in
         Redis (about 5 us a message, against 1 for the push)."""
         lists: dict[str, list[bytes]] = {}
+        keys: dict[tuple[str, int], str] = {}
         for out in batch:
-            key, envelope = self._plain_entry(out)
+            key, envelope = self._plain_entry(out, keys)
             lists.setdefault(key, []).append(envelope)
-        bells = dict.fromkeys(self.layout.ready_prefix + out.routing_key for out in batch)
+        bells = dict.fromkeys(self.layout.ready_prefix + queue for queue, _ in keys)
         client = self._require()
         with self._map_errors():
             async with client.pipeline(transaction=False) as pipe:
@@ -584,17 +583,19 @@ class RedisTransport(Transport):
                 self._where, exc, self.layout.ready_prefix,
             )
 
-    def _plain_entry(self, out: Outgoing) -> tuple[str, bytes]:
-        """The list a message for a plain queue goes to, and its envelope."""
+    def _plain_entry(
+        self, out: Outgoing, keys: dict[tuple[str, int], str]
+    ) -> tuple[str, bytes]:
+        """The list a message for a plain queue goes to (looked up in ``keys``, the lists
+        of a batch by queue and priority), and its envelope."""
         message = out.message
         priority = message_priority(message)
-        tag = message.delivery_tag or uuid4_hex()
-        try:
-            envelope = encode_envelope(message, "", out.routing_key, tag, priority)
-        except TypeError as exc:
-            raise TypeError(f"{message!r}: {exc}") from None
-        layout = self.layout
-        return layout.list_key(out.routing_key, layout.step(priority)), envelope
+        queue = out.routing_key
+        key = keys.get((queue, priority))
+        if key is None:
+            layout = self.layout
+            key = keys[(queue, priority)] = layout.list_key(queue, layout.step(priority))
+        return key, _envelope(out, message.delivery_tag or uuid4_hex(), priority, False)
 
     def _publish_args(
         self, batch: Sequence[Outgoing], types: Mapping[str, str]
@@ -614,12 +615,7 @@ class RedisTransport(Transport):
             kind = types[out.exchange] if out.exchange else "default"
             if kind == "headers":
                 kind = "direct"
-            try:
-                envelope = encode_envelope(
-                    message, out.exchange, out.routing_key, tag, priority, kind == "fanout"
-                )
-            except TypeError as exc:
-                raise TypeError(f"{message!r}: {exc}") from None
+            envelope = _envelope(out, tag, priority, kind == "fanout")
             channel = ""
             if kind == "fanout":
                 rk = out.routing_key if self.settings.fanout_patterns else ""
@@ -918,6 +914,16 @@ def _priority_of(message: Message) -> int:
 
 def _ms(seconds: float | None) -> str:
     return "" if seconds is None else str(max(1, round(seconds * 1000)))
+
+
+def _envelope(out: Outgoing, tag: str, priority: int, text_body: bool) -> bytes:
+    """kombu's envelope of an outgoing message; an unserialisable header names it."""
+    try:
+        return encode_envelope(
+            out.message, out.exchange, out.routing_key, tag, priority, text_body
+        )
+    except TypeError as exc:
+        raise TypeError(f"{out.message!r}: {exc}") from None
 
 
 def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
