@@ -58,10 +58,11 @@ class _Link:
         self.sock = sock
         self.reader = hiredis.Reader()
 
-    def call(self, command: Sequence[Any]) -> Any:
-        """Send one command and return its reply (an error reply comes back as a value)."""
-        self.sock.sendall(hiredis.pack_command(tuple(command)))
-        return self.read()
+    def call(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Send commands in one write and return their replies (an error reply comes
+        back as a value)."""
+        self.sock.sendall(b"".join([hiredis.pack_command(tuple(c)) for c in commands]))
+        return [self.read() for _ in commands]
 
     def read(self) -> Any:
         reader = self.reader
@@ -116,8 +117,7 @@ class SyncPublisher:
         path: no connection could be had, the connection broke, or Redis answered with
         an error (which the async path raises as celeriac's error).
         """
-        replies = self._run((("EVALSHA", self._sha, 0, *args),), script_args=args)
-        return replies is not None and not isinstance(replies[0], hiredis.ReplyError)
+        return self._run((("EVALSHA", self._sha, 0, *args),), script_args=args)
 
     def push(self, key: str, envelope: bytes, doorbell: str) -> bool:
         """``LPUSH`` one message and ring its queue's doorbell, in one round trip (for
@@ -125,12 +125,10 @@ class SyncPublisher:
         once Redis stored it; False as for :meth:`run_script`. A refused doorbell (an
         ACL user without channel rights) does not unstore the message: a waiting worker
         finds it at its next poll instead of at once."""
-        replies = self._run((("LPUSH", key, envelope), ("PUBLISH", doorbell, "")))
-        return replies is not None and not isinstance(replies[0], hiredis.ReplyError)
+        return self._run((("LPUSH", key, envelope), ("PUBLISH", doorbell, "")))
 
-    def _run(
-        self, commands: Sequence[Sequence[Any]], script_args: Sequence[Any] = ()
-    ) -> list[Any] | None:
+    def _run(self, commands: Sequence[Sequence[Any]], script_args: Sequence[Any] = ()) -> bool:
+        """Run ``commands`` on an idle connection; True when the first one succeeded."""
         # No fork check here: a forked child's sync calls find a new loop (utils.portal
         # checks the pid), so a new connection, transport and publisher of their own.
         try:
@@ -138,20 +136,19 @@ class SyncPublisher:
         except IndexError:
             link = self._connect()
             if link is None:
-                return None
+                return False
         try:
-            link.sock.sendall(b"".join([hiredis.pack_command(tuple(c)) for c in commands]))
-            replies = [link.read() for _ in commands]
-            if script_args and _no_script(replies[0]):
-                replies = [link.call(("EVAL", self._script, 0, *script_args))]
+            first = link.call(commands)[0]
+            if script_args and _no_script(first):
+                first = link.call((("EVAL", self._script, 0, *script_args),))[0]
         except (OSError, hiredis.ProtocolError):
             self._discard(link)
-            return None
+            return False
         except BaseException:  # Ctrl-C mid-reply: the link's state is unknown
             self._discard(link)
             raise
         self._idle.append(link)
-        return replies
+        return not isinstance(first, hiredis.ReplyError)
 
     def close(self) -> None:
         """Close the idle connections (one in use closes when its call returns False)."""
@@ -193,12 +190,9 @@ class SyncPublisher:
         if kw.get("client_name"):
             setup.append(("CLIENT", "SETNAME", kw["client_name"]))
         try:
-            if setup:
-                link.sock.sendall(b"".join(hiredis.pack_command(c) for c in setup))
-                replies = [link.read() for _ in setup]
-                if any(isinstance(r, hiredis.ReplyError) for r in replies):
-                    self._discard(link)  # wrong credentials: the async path says so
-                    return None
+            if setup and any(isinstance(r, hiredis.ReplyError) for r in link.call(setup)):
+                self._discard(link)  # wrong credentials: the async path says so
+                return None
         except (OSError, hiredis.ProtocolError):
             self._discard(link)
             return None
