@@ -54,6 +54,7 @@ from ..exceptions import (
     ResultTimeoutError,
 )
 from ..messaging.transports._redis_common import CONNECTION_ERRORS
+from ..messaging.transports._redis_link import Link, plain_options
 from ..messaging.transports.base import mask_url
 from ._redis_subscriber import ResultSubscriber
 from ._redis_support import (
@@ -75,6 +76,9 @@ __all__ = ["RedisBackend", "ChordCounters"]
 _STORE_CHUNK = 1000
 #: Keys per MGET.
 _READ_CHUNK = 5000
+#: How a broken fast connection fails; the call is then made again through redis-py (a
+#: store and a read may safely run twice).
+_LINK_BROKE = (redis_errors.ConnectionError, redis_errors.TimeoutError)
 
 
 class ChordCounters(NamedTuple):
@@ -125,6 +129,13 @@ class RedisBackend(Backend):
         self._pool: aioredis.BlockingConnectionPool | None = None
         self._client: aioredis.Redis | None = None
         self._store_sha: str | None = None
+        #: Writes and reads of single batches go over this where redis-py is not needed
+        #: (see ``messaging.transports._redis_link``); redis-py's pool takes the rest.
+        self._link: Link | None = None
+        options = {**self._url_kwargs, **(self._settings.connection or {})}
+        options.setdefault("host", "localhost")
+        options.setdefault("port", 6379)
+        self._link_options = options if plain_options(options) else None
         self._subscriber: ResultSubscriber | None = None
         self._waiters: dict[bytes, set[_Waiter]] = {}
         self._reads: dict[bytes, list[asyncio.Future[bytes | None]]] = {}
@@ -172,6 +183,8 @@ class RedisBackend(Backend):
             with map_errors(self._where):
                 await client.ping()
                 self._store_sha = await client.script_load(STORE_LUA)
+                if self._link_options is not None:
+                    self._link = await Link.open(self._link_options, self._db)
         except BaseException:
             await client.aclose()
             await pool.disconnect()
@@ -201,10 +214,38 @@ class RedisBackend(Backend):
         self._reads.clear()
         client, pool = self._client, self._pool
         self._client = self._pool = None
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
         if client is not None:
             await client.aclose()
         if pool is not None:
             await pool.disconnect()
+
+    @property
+    def _db(self) -> int:
+        return int(self._url_kwargs.get("db") or 0)
+
+    async def _fast(self) -> Link | None:
+        """The single-batch connection, opened again after it broke; None means "use
+        redis-py" (no link for these options, or it cannot be had right now: redis-py's
+        pool, with its retries, then says what is wrong)."""
+        link = self._link
+        if link is None or not link.closed:
+            return link
+        self._link = None  # one caller reopens; the others take redis-py meanwhile
+        options = self._link_options
+        if options is None or self._client is None:
+            return None
+        try:
+            link = await Link.open(options, self._db)
+        except Exception:
+            return None
+        if self._client is None:  # closed while connecting
+            link.close()
+            return None
+        self._link = link
+        return link
 
     def _require(self) -> aioredis.Redis:
         client = self._client
@@ -279,6 +320,11 @@ class RedisBackend(Backend):
         ]
         if len(chunks) == 1:
             ks, vs = chunks[0]
+            link = await self._fast()
+            if link is not None:
+                with contextlib.suppress(*_LINK_BROKE):  # redis-py's pool takes it over
+                    await link.evalsha(sha, STORE_LUA, ks, [mode, amount, *vs])
+                    return
             try:
                 await client.evalsha(sha, len(ks), *ks, mode, amount, *vs)
             except redis_errors.NoScriptError:  # Redis restarted: the script cache is empty
@@ -321,6 +367,10 @@ class RedisBackend(Backend):
 
     async def _mget(self, client: aioredis.Redis, keys: list[bytes]) -> list[bytes | None]:
         if len(keys) <= _READ_CHUNK:
+            link = await self._fast()
+            if link is not None:
+                with contextlib.suppress(*_LINK_BROKE):  # redis-py's pool takes it over
+                    return cast(list[bytes | None], await link.call("MGET", *keys))
             return cast(list[bytes | None], await client.mget(keys))
         async with client.pipeline(transaction=False) as pipe:
             for start in range(0, len(keys), _READ_CHUNK):

@@ -27,26 +27,9 @@ try:
 except ImportError:  # pragma: no cover - hiredis comes with the redis extra
     hiredis = None
 
-__all__ = ["SyncPublisher"]
+from ._redis_link import plain_options, setup_commands
 
-#: redis-py client options this path honours; any other one set means "use redis-py".
-_HONOURED = frozenset(
-    {
-        "host",
-        "db",
-        "port",
-        "unix_socket_path",
-        "username",
-        "password",
-        "socket_timeout",
-        "socket_connect_timeout",
-        "socket_keepalive",
-        "client_name",
-        "max_connections",
-        "health_check_interval",
-        "retry_on_timeout",
-    }
-)
+__all__ = ["SyncPublisher"]
 
 
 class _Link:
@@ -104,11 +87,7 @@ class SyncPublisher:
     ) -> SyncPublisher | None:
         """A publisher for these redis-py client options, or None when one of them (TLS,
         an option this path does not know) needs redis-py."""
-        if hiredis is None or not hasattr(hiredis, "pack_command"):
-            return None
-        if kwargs.get("ssl") or set(kwargs) - _HONOURED:
-            return None
-        return cls(kwargs, db, script, sha)
+        return cls(kwargs, db, script, sha) if plain_options(kwargs) else None
 
     def run_script(self, args: Sequence[Any]) -> bool:
         """Run the publish script with ``args``; True once Redis replied that it ran.
@@ -181,14 +160,7 @@ class SyncPublisher:
             return None
         link = _Link(sock)
         self._open += 1
-        setup: list[tuple[Any, ...]] = []
-        if kw.get("password") is not None:
-            user = kw.get("username")
-            setup.append(("AUTH", user, kw["password"]) if user else ("AUTH", kw["password"]))
-        if self._db:
-            setup.append(("SELECT", self._db))
-        if kw.get("client_name"):
-            setup.append(("CLIENT", "SETNAME", kw["client_name"]))
+        setup = setup_commands(kw, self._db)
         try:
             if setup and any(isinstance(r, hiredis.ReplyError) for r in link.call(setup)):
                 self._discard(link)  # wrong credentials: the async path says so

@@ -66,6 +66,7 @@ from ._redis_layout import (
     parse_url,
     topic_pattern,
 )
+from ._redis_link import Link, plain_options
 from ._redis_options import RedisTransportOptions
 from ._redis_sync import SyncPublisher
 from .base import QUARANTINE_QUEUE, ExchangeNotFound, Outgoing, Transport, mask_url
@@ -90,7 +91,6 @@ logger = logging.getLogger("celeriac.messaging.redis")
 
 #: Messages per publish script call: bounds how long one call holds Redis.
 PUBLISH_CHUNK = 500
-
 
 
 class _Claim:
@@ -176,6 +176,8 @@ class RedisTransport(Transport):
         self._client: aioredis.Redis | None = None
         self._subscriber: Subscriber | None = None
         self._scripts: dict[str, Any] = {}
+        #: The scripts' connection where redis-py is not needed (see ``_redis_link``).
+        self._link: Link | None = None
         #: Blocking connections for sync publishers (None where redis-py is needed).
         self._sync: SyncPublisher | None = None
         #: Queues this connection declared with no expiry and no message TTL: the publish
@@ -229,12 +231,17 @@ class RedisTransport(Transport):
         }
         self._subscriber = Subscriber(client, self._on_fanout, self._on_ready, self._on_failure)
         if not self.endpoint.sentinels:
+            options = {**self.endpoint.kwargs, **self.settings.client}
             self._sync = SyncPublisher.for_client(
-                {**self.endpoint.kwargs, **self.settings.client},
-                self.endpoint.db,
-                scripts.PUBLISH,
-                self._scripts["PUBLISH"].sha,
+                options, self.endpoint.db, scripts.PUBLISH, self._scripts["PUBLISH"].sha
             )
+            if plain_options(options):
+                try:
+                    with self._map_errors():
+                        self._link = await Link.open(options, self.endpoint.db)
+                except BaseException:
+                    await self._drop()
+                    raise
         self._doorbells.clear()
         self._plain.clear()
         self._next_restore = 0.0
@@ -280,6 +287,9 @@ class RedisTransport(Transport):
     async def _drop(self) -> None:
         subscriber, self._subscriber = self._subscriber, None
         client, self._client = self._client, None
+        link, self._link = self._link, None
+        if link is not None:
+            link.close()
         sync, self._sync = self._sync, None
         if sync is not None:
             sync.close()
@@ -297,6 +307,7 @@ class RedisTransport(Transport):
         return (
             self._client is not None
             and (self._subscriber is None or self._subscriber.failure is None)
+            and (self._link is None or not self._link.closed)
             and self._forks == _forks
         )
 
@@ -313,6 +324,9 @@ class RedisTransport(Transport):
             raise ConnectionBrokenError(
                 f"broker {self._where}: subscription lost: {subscriber.failure}"
             )
+        link = self._link
+        if link is not None and link.closed:
+            raise ConnectionBrokenError(f"broker {self._where}: {link.failure}")
         return client
 
     def _map_errors(self) -> contextlib.AbstractContextManager[None]:
@@ -321,7 +335,11 @@ class RedisTransport(Transport):
 
     async def _script(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
         client = self._require()
+        link = self._link
         with self._map_errors():
+            if link is not None:
+                script = self._scripts[name]
+                return await link.evalsha(script.sha, script.script, keys, args)
             return await self._scripts[name](keys=keys, args=args, client=client)
 
     # -- pub/sub callbacks (on this loop) -------------------------------------------------
@@ -580,12 +598,12 @@ class RedisTransport(Transport):
                 "broker %s refused a doorbell PUBLISH (%s): messages are stored, and "
                 "workers find them at their next poll (polling_interval) instead of at "
                 "once; allow this user to publish to %s* channels",
-                self._where, exc, self.layout.ready_prefix,
+                self._where,
+                exc,
+                self.layout.ready_prefix,
             )
 
-    def _plain_entry(
-        self, out: Outgoing, keys: dict[tuple[str, int], str]
-    ) -> tuple[str, bytes]:
+    def _plain_entry(self, out: Outgoing, keys: dict[tuple[str, int], str]) -> tuple[str, bytes]:
         """The list a message for a plain queue goes to (looked up in ``keys``, the lists
         of a batch by queue and priority), and its envelope."""
         message = out.message
@@ -919,9 +937,7 @@ def _ms(seconds: float | None) -> str:
 def _envelope(out: Outgoing, tag: str, priority: int, text_body: bool) -> bytes:
     """kombu's envelope of an outgoing message; an unserialisable header names it."""
     try:
-        return encode_envelope(
-            out.message, out.exchange, out.routing_key, tag, priority, text_body
-        )
+        return encode_envelope(out.message, out.exchange, out.routing_key, tag, priority, text_body)
     except TypeError as exc:
         raise TypeError(f"{out.message!r}: {exc}") from None
 

@@ -1,0 +1,136 @@
+"""The hot-path Redis connection (``_redis_link``): what a user sees when it breaks or
+stalls, on the transport and on the result store."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from celeriac.exceptions import ConnectionBrokenError
+from celeriac.messaging import Message, Queue
+from celeriac.messaging.transports.base import Outgoing
+
+from .redis_servers import RedisServer
+
+pytestmark = pytest.mark.redis
+
+redis = pytest.importorskip("redis")
+from celeriac.backends.redis import RedisBackend  # noqa: E402
+from celeriac.messaging.transports.redis import RedisTransport  # noqa: E402
+
+
+@pytest.fixture
+def server(tmp_path: Path) -> Iterator[RedisServer]:
+    s = RedisServer(tmp_path).start()
+    yield s
+    s.stop()
+
+
+def _message(body: bytes) -> Message:
+    return Message(body, {"id": body.decode()}, {}, "application/json", "utf-8")
+
+
+def _kill_connection(raw: Any, link: Any) -> None:
+    """Make Redis drop one connection, found by its local address."""
+    host, port = link._transport.get_extra_info("sockname")[:2]
+    assert raw.client_kill(f"{host}:{port}")
+
+
+def test_transport_reports_a_dropped_connection_then_reconnects(server: RedisServer) -> None:
+    raw = redis.Redis.from_url(server.url)
+
+    async def main() -> None:
+        t = RedisTransport(server.url)
+        await t.connect()
+        try:
+            await t.declare_queue(Queue("work"))
+            await t.publish([Outgoing(_message(b"one"), "", "work")])
+            # When Redis drops the connection the scripts run on
+            _kill_connection(raw, t._link)
+            await asyncio.sleep(0.05)
+            # Then the next call says the broker connection broke (it does not hang)
+            with pytest.raises(ConnectionBrokenError):
+                await t.fetch(["work"], 10, 0.5)
+            assert not t.is_connected
+            # And after reconnecting, the message is still there to claim
+            await t.connect()
+            got = await t.fetch(["work"], 10, 1.0)
+            assert [m.body for m in got] == [b"one"]
+            await t.ack(got)
+        finally:
+            await t.close()
+
+    asyncio.run(main())
+    raw.close()
+
+
+def test_transport_call_that_stalls_past_socket_timeout_fails(server: RedisServer) -> None:
+    raw = redis.Redis.from_url(server.url)
+
+    async def main() -> None:
+        t = RedisTransport(server.url, {"socket_timeout": 0.3})
+        await t.connect()
+        try:
+            await t.declare_queue(Queue("work"))
+            # When Redis stops answering for longer than socket_timeout
+            raw.client_pause(1500)
+            started = time.monotonic()
+            with pytest.raises(ConnectionBrokenError):
+                await t.fetch(["work"], 10, 0.1)
+            # Then the call fails at about the timeout, not when Redis answers again
+            assert time.monotonic() - started < 1.2
+        finally:
+            await t.close()
+
+    asyncio.run(main())
+    raw.close()
+
+
+def test_result_store_survives_a_dropped_connection(server: RedisServer) -> None:
+    raw = redis.Redis.from_url(server.url)
+
+    async def main() -> None:
+        backend = RedisBackend(server.url)
+        await backend.connect()
+        try:
+            meta = {"status": "SUCCESS", "result": 1, "traceback": None, "children": []}
+            await backend.store_many([("a", dict(meta))])
+            # When Redis drops the connection results are written on
+            _kill_connection(raw, backend._link)
+            await asyncio.sleep(0.05)
+            # Then the next write and read still succeed
+            await backend.store_many([("b", dict(meta, result=2))])
+            got = await backend.get_many(["a", "b"])
+            assert [got["a"]["result"], got["b"]["result"]] == [1, 2]
+            # And the fast connection is open again for the calls after them
+            assert backend._link is not None and not backend._link.closed
+        finally:
+            await backend.close()
+
+    asyncio.run(main())
+    raw.close()
+
+
+def test_result_store_after_redis_lost_its_scripts(server: RedisServer) -> None:
+    raw = redis.Redis.from_url(server.url)
+
+    async def main() -> None:
+        backend = RedisBackend(server.url)
+        await backend.connect()
+        try:
+            # When Redis forgets its scripts (SCRIPT FLUSH, or a restart)
+            raw.script_flush()
+            meta = {"status": "SUCCESS", "result": 3, "traceback": None, "children": []}
+            await backend.store_many([("c", meta)])
+            # Then the write still lands
+            assert (await backend.get_many(["c"]))["c"]["result"] == 3
+        finally:
+            await backend.close()
+
+    asyncio.run(main())
+    raw.close()
