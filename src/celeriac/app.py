@@ -303,6 +303,11 @@ class Celeriac:
                 self._backends[loop] = backend
         return backend
 
+    def connected_backend(self) -> Backend | None:
+        """The backend sync calls from this thread use, if one is connected already (no
+        I/O: for paths that skip the event loop, see ``Backend.wait_sync``)."""
+        return self._backends.get(portal.caller_loop())
+
     async def aclose(self) -> None:
         """Close the running loop's connection and backend."""
         loop = asyncio.get_running_loop()

@@ -237,6 +237,18 @@ class AsyncResult:
             _refuse_inside_task()
         if self._ready_meta is not None:
             return self._outcome(self._ready_meta, propagate)
+        backend = self.app.connected_backend()
+        if backend is not None:
+            # The caller's thread waits anyway: where the backend can, it waits here
+            # without the event loop (see Backend.wait_sync).
+            meta = backend.wait_sync(self.id, timeout)
+            if meta is not None:
+                if meta.get("status") not in states.READY_STATES:
+                    raise ResultTimeoutError(
+                        f"task {self.id} was not ready within {timeout}s "
+                        f"(last state {meta.get('status')}); it may still complete"
+                    )
+                return self._outcome(self._remember(meta), propagate)
         grace = None if timeout is None else max(timeout, 0.0) + _PORTAL_GRACE
         try:
             meta = portal.run(self._wait(timeout), grace)

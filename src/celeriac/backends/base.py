@@ -88,6 +88,13 @@ class Backend(abc.ABC):
     async def get_many(self, task_ids: Sequence[str]) -> dict[str, Meta]:
         """Current metas; unknown or expired ids map to :func:`pending_meta`."""
 
+    def wait_sync(self, task_id: str, timeout: float | None) -> Meta | None:
+        """:meth:`wait_for` for a sync caller on its own thread, without the event loop,
+        where the backend can: the meta (ready, or the last one read when ``timeout`` ran
+        out), or None to wait through the loop instead. Safe to call from any thread."""
+        del task_id, timeout
+        return None
+
     @abc.abstractmethod
     async def wait_for(self, task_id: str, timeout: float | None) -> Meta:
         """Return the meta once it is in a ready state.

@@ -67,6 +67,7 @@ from ._redis_support import (
     map_errors,
     sniff_content_type,
 )
+from ._redis_waiter import FALLBACK, SyncWaiter
 from .base import Backend, Meta, pending_meta
 from .meta import EncodedMeta, decode_meta, make_meta, serialize_meta
 
@@ -136,6 +137,11 @@ class RedisBackend(Backend):
         options.setdefault("host", "localhost")
         options.setdefault("port", 6379)
         self._link_options = options if plain_options(options) else None
+        self._waiter = (
+            None
+            if self._link_options is None
+            else SyncWaiter(options, self._db, self._settings.health_check_interval)
+        )
         self._subscriber: ResultSubscriber | None = None
         self._waiters: dict[bytes, set[_Waiter]] = {}
         self._reads: dict[bytes, list[asyncio.Future[bytes | None]]] = {}
@@ -217,6 +223,8 @@ class RedisBackend(Backend):
         link, self._link = self._link, None
         if link is not None:
             link.close()
+        if self._waiter is not None:
+            self._waiter.close()
         if client is not None:
             await client.aclose()
         if pool is not None:
@@ -412,6 +420,20 @@ class RedisBackend(Backend):
                         fut.set_result(value)
 
     # -- waiting ------------------------------------------------------------------------
+
+    def wait_sync(self, task_id: str, timeout: float | None) -> Meta | None:
+        """Wait over a blocking RESP3 connection (see :mod:`._redis_waiter`)."""
+        waiter = self._waiter
+        if waiter is None or self._client is None:
+            return None
+        key = self._task_key(task_id)
+
+        def decode(raw: bytes | None) -> tuple[Meta, bool]:
+            meta = self._decode(task_id, raw)
+            return meta, meta.get("status") in states.READY_STATES
+
+        meta = waiter.wait(key, timeout, decode)
+        return None if meta is FALLBACK else cast(Meta, meta)
 
     async def wait_for(self, task_id: str, timeout: float | None) -> Meta:
         """Return the meta once it is ready, woken by the write's PUBLISH.

@@ -29,7 +29,7 @@ except ImportError:  # pragma: no cover - hiredis comes with the redis extra
 
 from ._redis_link import plain_options, setup_commands
 
-__all__ = ["SyncPublisher"]
+__all__ = ["SyncPublisher", "open_link"]
 
 
 class _Link:
@@ -142,33 +142,41 @@ class SyncPublisher:
     def _connect(self) -> _Link | None:
         if self._open >= self._limit:
             return None  # the async path's pool waits for a free connection
-        kw = self._kwargs
-        try:
-            path = kw.get("unix_socket_path")
-            timeout = kw.get("socket_connect_timeout")
-            if path is not None:
-                sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-                sock.settimeout(timeout)
-                sock.connect(path)
-            else:
-                sock = socket.create_connection((kw["host"], kw["port"]), timeout=timeout)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if kw.get("socket_keepalive"):
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-            _set_timeout(sock, kw.get("socket_timeout"))
-        except OSError:
-            return None
-        link = _Link(sock)
-        self._open += 1
-        setup = setup_commands(kw, self._db)
-        try:
-            if setup and any(isinstance(r, hiredis.ReplyError) for r in link.call(setup)):
-                self._discard(link)  # wrong credentials: the async path says so
-                return None
-        except (OSError, hiredis.ProtocolError):
-            self._discard(link)
-            return None
+        link = open_link(self._kwargs, self._db)
+        if link is not None:
+            self._open += 1
         return link
+
+
+def open_link(kwargs: Mapping[str, Any], db: int, *, kernel_timeouts: bool = True) -> _Link | None:
+    """A blocking connection that took the setup commands, or None (cannot connect, or
+    Redis refused the credentials: the async path says which). ``kernel_timeouts=False``
+    leaves reads unbounded for a caller that sets its own."""
+    try:
+        path = kwargs.get("unix_socket_path")
+        timeout = kwargs.get("socket_connect_timeout")
+        if path is not None:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(timeout)
+            sock.connect(path)
+        else:
+            sock = socket.create_connection((kwargs["host"], kwargs["port"]), timeout=timeout)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if kwargs.get("socket_keepalive"):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        _set_timeout(sock, kwargs.get("socket_timeout") if kernel_timeouts else None)
+    except OSError:
+        return None
+    link = _Link(sock)
+    setup = setup_commands(kwargs, db)
+    try:
+        if setup and any(isinstance(r, hiredis.ReplyError) for r in link.call(setup)):
+            link.close()
+            return None
+    except (OSError, hiredis.ProtocolError):
+        link.close()
+        return None
+    return link
 
 
 def _no_script(reply: Any) -> bool:
