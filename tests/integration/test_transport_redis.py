@@ -151,6 +151,33 @@ def test_delayed_message_for_a_queue_no_celeriac_consumer_serves_goes_there_at_o
     run(main())
 
 
+def test_served_mark_lasts_past_its_renewals_and_returns_after_a_reconnect(
+    shared: tuple[str, str, Any],
+) -> None:
+    url, prefix, raw = shared
+    from celeriac.messaging.transports import _redis_scripts as scripts
+
+    mark = f"{prefix}_celeriac.consumers.q"
+
+    async def main() -> None:
+        t = await opened(url, global_keyprefix=prefix)
+        try:
+            assert await t.fetch(["q"], 1, 0.01) == []
+            # The mark outlives the time between renewals with room to spare
+            ttl = raw.ttl(mark)
+            assert scripts.PRESENCE_REFRESH * 2 < ttl <= scripts.PRESENCE_SECONDS
+            # When the mark is lost (Redis restarted empty), the reconnect renews it
+            raw.delete(mark)
+            await t.close()
+            await t.connect()
+            assert await t.fetch(["q"], 1, 0.01) == []
+            assert raw.exists(mark)
+        finally:
+            await t.close()
+
+    run(main())
+
+
 def test_acl_user_and_password(shared: tuple[str, str, Any]) -> None:
     _, prefix, raw = shared
     user, password = f"u{uuid.uuid4().hex[:8]}", "s3cret-pw"

@@ -51,6 +51,8 @@ __all__ = [
 
 #: Seconds a fetch marks its queues as served by a celeriac consumer.
 PRESENCE_SECONDS = 120
+#: Seconds between a consumer's renewals of that mark (well inside its lifetime).
+PRESENCE_REFRESH = 30
 
 _PRELUDE = r"""
 local P, SEP = ARGV[1], ARGV[2]
@@ -253,8 +255,10 @@ return order
 
 #: Claim up to a limit across queues, record each claim as unacked, count deliveries.
 #: KEYS = unacked, unacked_index, lease. ARGV[4] = limit, ARGV[5] = visibility timeout,
-#: ARGV[6] = delivery record lifetime (s), ARGV[7] = queue count, then the queue names in
-#: this call's rotation order. Returns ``{next_due, dropped, (queue, count, envelope)*}``
+#: ARGV[6] = delivery record lifetime (s), ARGV[7] = queue count, ARGV[8] = '1' to mark
+#: the queues as served by a celeriac consumer (the caller does so every
+#: :data:`PRESENCE_REFRESH` seconds, not on every claim), then the queue names in this
+#: call's rotation order. Returns ``{next_due, dropped, (queue, count, envelope)*}``
 #: where ``next_due`` is the earliest not-before time of a delayed message ('' if none)
 #: when nothing was claimed.
 CLAIM = (
@@ -262,6 +266,7 @@ CLAIM = (
     + r"""
 local limit, vt, keep, nq = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
   tonumber(ARGV[7])
+local present = ARGV[8] == '1'
 local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
 
 local function b64(data)
@@ -295,7 +300,7 @@ end
 
 local queues, ttlq = {}, {}
 for x = 1, nq do
-  local q = ARGV[7 + x]
+  local q = ARGV[8 + x]
   local f = redis.call('HMGET', P .. '_celeriac.queue.' .. q, 'expires')
   local expires = tonumber(f[1])
   local alive = true
@@ -311,7 +316,7 @@ for x = 1, nq do
   if alive then
     queues[#queues + 1] = q
     ttlq[q] = redis.call('EXISTS', P .. '_celeriac.ttl.' .. q) == 1
-    redis.call('SET', consumers_key(q), '1', 'EX', PRESENCE)
+    if present then redis.call('SET', consumers_key(q), '1', 'EX', PRESENCE) end
     promote(q)
   end
 end
@@ -366,10 +371,28 @@ local function record(q, raw)
   out[#out + 1] = raw
 end
 
+-- How many of each queue's lists hold messages (an empty list does not exist in Redis),
+-- counted down as pops empty them: most claims find one list or none, and pop only that.
+local live, emptied = {}, {}
+for _, q in ipairs(queues) do
+  local keys = {}
+  for _, step in ipairs(STEPS) do keys[#keys + 1] = list_key(q, step) end
+  live[q] = redis.call('EXISTS', unpack(keys))
+end
+
 local function take(q, step, want)
-  local items = redis.call('RPOP', list_key(q, step), want)
-  if items then
-    for _, raw in ipairs(items) do record(q, raw) end
+  if live[q] == 0 then return end
+  local key = list_key(q, step)
+  if emptied[key] then return end
+  local items = redis.call('RPOP', key, want)
+  if not items then
+    emptied[key] = true
+    return
+  end
+  for _, raw in ipairs(items) do record(q, raw) end
+  if #items < want then
+    emptied[key] = true
+    live[q] = live[q] - 1
   end
 end
 

@@ -39,6 +39,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any, ClassVar
@@ -185,6 +186,8 @@ class RedisTransport(Transport):
         #: (declaring overwrites a queue's arguments, so ours are the queue's until it is
         #: declared again, as AMQP refuses other arguments for a declared queue).
         self._plain: set[str] = set()
+        #: Queue sets fetched together -> when their served mark is next renewed.
+        self._presence_due: dict[tuple[str, ...], float] = {}
         self._said_doorbell_refused = False
         self._pid = os.getpid()
         self._forks = _forks
@@ -244,6 +247,7 @@ class RedisTransport(Transport):
                     raise
         self._doorbells.clear()
         self._plain.clear()
+        self._presence_due.clear()
         self._next_restore = 0.0
         patterns = [
             p
@@ -708,6 +712,15 @@ class RedisTransport(Transport):
     async def _claim(self, names: list[str], limit: int) -> tuple[list[Message], float | None]:
         order = self._order(names)
         settings = self.settings
+        # The served-by-celeriac mark lives PRESENCE_SECONDS; renewing it on every claim
+        # cost a write per claim, so it is renewed every PRESENCE_REFRESH seconds.
+        now = time.monotonic()
+        served = tuple(names)
+        present = self._presence_due.get(served, 0.0) <= now
+        if present:
+            if len(self._presence_due) > 64:
+                self._presence_due.clear()
+            self._presence_due[served] = now + scripts.PRESENCE_REFRESH
         reply = await self._script(
             "CLAIM",
             self._unacked_keys,
@@ -717,6 +730,7 @@ class RedisTransport(Transport):
                 repr(self.visibility_timeout),
                 int(settings.delivery_record_ttl),
                 len(order),
+                "1" if present else "",
                 *order,
             ],
         )
