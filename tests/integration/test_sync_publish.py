@@ -31,12 +31,16 @@ pytestmark = pytest.mark.redis
 redis = pytest.importorskip("redis")
 
 
-def make_app(url: str, prefix: str, **conf: Any) -> Celeriac:
+def make_app(
+    url: str, prefix: str, transport_options: dict[str, Any] | None = None, **conf: Any
+) -> Celeriac:
     app = Celeriac(
         "syncpub",
         broker=url,
         backend=f"memory://{uuid.uuid4().hex}",
-        broker_transport_options={"global_keyprefix": prefix, "polling_interval": 0.05},
+        broker_transport_options={
+            "global_keyprefix": prefix, "polling_interval": 0.05, **(transport_options or {})
+        },
         set_as_current=False,
         **conf,
     )
@@ -118,6 +122,36 @@ def test_threads_send_at_once_without_losing_a_call(shared: tuple[Celeriac, Any,
     ids = [i for mine in sent for i in mine]
     stored = {e["headers"]["id"] for e in envelopes(raw, f"{prefix}celery")}
     assert len(ids) == 2400 and set(ids) <= stored
+
+
+def test_polling_for_replies_stops_where_redis_answers_too_late(
+    shared: tuple[Celeriac, Any, str],
+) -> None:
+    _, raw, prefix = shared
+    from celeriac.messaging.transports import _redis_sync
+
+    # Given a poll far shorter than any reply can take (as against a remote Redis)
+    slow = make_app("redis://127.0.0.1:6379/14", prefix, {"sync_publish_spin": 1e-9})
+    try:
+        add = slow.tasks["syncpub.add"]
+        add.delay(0, 0)  # through the loop: connects and declares
+        publisher = sync_transport(slow)._sync
+        if publisher._spin == 0:
+            pytest.skip("one CPU: replies are never polled for")
+        ids = [add.delay(i, i).id for i in range(_redis_sync._SPIN_MISSES)]
+        # Then every call is stored, and polling has stopped for a while
+        stored = {e["headers"]["id"] for e in envelopes(raw, f"{prefix}celery")}
+        assert set(ids) <= stored
+        assert publisher._spin_paused_until > time.monotonic()
+    finally:
+        slow.close()
+    # And with the option at 0 a publisher never polls
+    off = make_app("redis://127.0.0.1:6379/14", prefix, {"sync_publish_spin": 0})
+    try:
+        off.tasks["syncpub.add"].delay(0, 0)
+        assert sync_transport(off)._sync._spin == 0
+    finally:
+        off.close()
 
 
 def test_a_forked_child_sends_on_connections_of_its_own(shared: tuple[Celeriac, Any, str]) -> None:

@@ -106,6 +106,7 @@ _CHECKS: dict[str, tuple[Any, str]] = {
     "ack_emulation": (_true, "True (acknowledgements cannot be switched off here)"),
     "polling_interval": (_opt_number, "seconds or None"),
     "delivery_record_ttl": (_number, "seconds"),
+    "sync_publish_spin": (_number, "seconds (0 switches it off)"),
     "max_connections": (_count, "a positive whole number"),
     "socket_timeout": (_opt_number, "seconds or None"),
     "socket_connect_timeout": (_opt_number, "seconds or None"),
@@ -147,6 +148,9 @@ class RedisTransportOptions:
     polling_interval: float = 0.1
     #: Seconds a delivery counter outlives its last claim.
     delivery_record_ttl: float = 7 * 86400.0
+    #: Seconds a sync ``delay()`` polls for Redis's reply before sleeping (see
+    #: ``_redis_sync.SyncPublisher``); 0 always sleeps.
+    sync_publish_spin: float = 100e-6
     master_name: str | None = None
     #: Keyword arguments for redis-py's client (connection tuning and credentials).
     client: dict[str, Any] = field(default_factory=dict)

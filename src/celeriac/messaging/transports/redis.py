@@ -236,7 +236,11 @@ class RedisTransport(Transport):
         if not self.endpoint.sentinels:
             options = {**self.endpoint.kwargs, **self.settings.client}
             self._sync = SyncPublisher.for_client(
-                options, self.endpoint.db, scripts.PUBLISH, self._scripts["PUBLISH"].sha
+                options,
+                self.endpoint.db,
+                scripts.PUBLISH,
+                self._scripts["PUBLISH"].sha,
+                self.settings.sync_publish_spin,
             )
             if plain_options(options):
                 try:
