@@ -65,8 +65,11 @@ def _connected(app: Celeriac, raw: Any, prefix: str) -> None:
     assert app.connected_backend() is not None
 
 
-def _resp3_subscribers(raw: Any) -> list[dict[str, Any]]:
-    return [c for c in raw.client_list() if c.get("resp") == "3" and c.get("sub") != "0"]
+def _waiting_connections(raw: Any) -> list[dict[str, Any]]:
+    """The blocking waits' connections that are subscribed somewhere."""
+    from celeriac.backends._redis_waiter import CLIENT_NAME
+
+    return [c for c in raw.client_list() if c.get("name") == CLIENT_NAME and c.get("sub") != "0"]
 
 
 @pytest.fixture
@@ -91,7 +94,7 @@ def test_get_waits_past_started_for_the_result(shared: tuple[Celeriac, Any, str]
     def write_both() -> None:
         _write(raw, prefix, task_id, "STARTED")
         time.sleep(0.1)
-        seen.extend(_resp3_subscribers(raw))
+        seen.extend(_waiting_connections(raw))
         _write(raw, prefix, task_id, "SUCCESS", 42)
 
     # When the worker reports STARTED, then the result, while the caller waits
@@ -100,7 +103,7 @@ def test_get_waits_past_started_for_the_result(shared: tuple[Celeriac, Any, str]
     assert app.AsyncResult(task_id).get(timeout=10) == 42
     writer.join()
     # And it waited on a RESP3 subscription of its own, not through the event loop
-    assert seen, "no blocking RESP3 subscription was open while get() waited"
+    assert seen, "no blocking subscription was open while get() waited"
 
 
 def test_get_of_a_stored_result_and_of_a_failure(shared: tuple[Celeriac, Any, str]) -> None:
@@ -122,9 +125,49 @@ def test_get_times_out_with_the_last_state(shared: tuple[Celeriac, Any, str]) ->
     with pytest.raises(ResultTimeoutError, match="STARTED"):
         app.AsyncResult("slow").get(timeout=0.3)
     assert 0.25 < time.monotonic() - started < 2.0
-    # And the connection is still good for the next wait
+    # When the result comes while nobody waits (its message waits on the idle connection)
     _write(raw, prefix, "slow", "SUCCESS", 7)
+    time.sleep(0.1)
     assert app.AsyncResult("slow").get(timeout=5) == 7
+    # Then the waits after it still each get their own task's result
+    _write(raw, prefix, "other", "SUCCESS", 8)
+    assert app.AsyncResult("other").get(timeout=5) == 8
+    _write(raw, prefix, "third", "SUCCESS", 9)
+    assert app.AsyncResult("third").get(timeout=5) == 9
+
+
+def test_health_checks_during_a_wait_leave_the_next_wait_right() -> None:
+    require_transport("redis")
+    prefix = f"h{uuid.uuid4().hex[:10]}"
+    raw = redis.Redis(host="127.0.0.1", port=6379, db=14)
+    app = Celeriac(
+        "waitsync",
+        broker="memory://",
+        backend="redis://127.0.0.1:6379/14",
+        result_backend_transport_options={
+            "global_keyprefix": prefix, "health_check_interval": 0.05,
+        },
+        set_as_current=False,
+    )
+    try:
+        _connected(app, raw, prefix + "_")
+        # Given a wait long enough for several PINGs, ended by its result
+        task_id = uuid.uuid4().hex
+        writer = _later(0.3, _write, raw, prefix + "_", task_id, "SUCCESS", "late")
+        assert app.AsyncResult(task_id).get(timeout=10) == "late"
+        writer.join()
+        # And one that times out between PINGs
+        with pytest.raises(ResultTimeoutError):
+            app.AsyncResult("never").get(timeout=0.17)
+        # Then the next waits read their own results, not a PONG or another's reply
+        for n in range(3):
+            _write(raw, prefix + "_", f"k{n}", "SUCCESS", n)
+            assert app.AsyncResult(f"k{n}").get(timeout=5) == n
+    finally:
+        app.close()
+        for key in raw.scan_iter(f"{prefix}_*"):
+            raw.delete(key)
+        raw.close()
 
 
 def test_get_survives_its_connection_being_cut(shared: tuple[Celeriac, Any, str]) -> None:
@@ -134,7 +177,7 @@ def test_get_survives_its_connection_being_cut(shared: tuple[Celeriac, Any, str]
     cut: list[Any] = []
 
     def cut_then_write() -> None:
-        for client in _resp3_subscribers(raw):
+        for client in _waiting_connections(raw):
             cut.append(raw.client_kill_filter(_id=client["id"]))
         time.sleep(0.2)
         _write(raw, prefix, task_id, "SUCCESS", "after the cut")

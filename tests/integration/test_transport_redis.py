@@ -372,6 +372,11 @@ def test_a_forked_child_must_reconnect(shared: tuple[str, str, Any]) -> None:
             os._exit(asyncio.run(child()))
         _, status = os.waitpid(pid, 0)
         assert t.is_connected  # the parent's own connection is untouched
+        # And still answers: the child's reconnect did not unregister the parent's
+        # sockets from the epoll instance they share
+        got = await asyncio.wait_for(t.fetch(["q"], 10, 1.0), 5)
+        assert [m.body for m in got] == [b"child"]
+        await t.reject(got, requeue=True)
         await t.close()
         return os.waitstatus_to_exitcode(status)
 

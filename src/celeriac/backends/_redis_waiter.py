@@ -10,6 +10,11 @@ Here one RESP3 connection carries the subscription and the reads: ``SUBSCRIBE <k
 before the subscription is found by the ``GET`` and one written after it arrives as a
 message. Leaving a channel (``UNSUBSCRIBE``) waits to go out with the next wait's write.
 
+Replies are matched by order: a wait reads everything it asked for (the ``GET``'s reply,
+a health-check ``PONG``) before its connection is used again, and takes messages only
+after its own subscription is confirmed, so a message left over from an earlier wait on
+the same connection is never taken for this one's.
+
 As with the blocking publisher, this path only ever *tries*: no connection, a broken one,
 a Redis without RESP3, anything unusual, and the caller waits through the event loop,
 which reconnects and raises celeriac's errors.
@@ -23,20 +28,28 @@ from typing import Any
 
 from ..messaging.transports._redis_sync import hiredis, open_link
 
-__all__ = ["SyncWaiter"]
+__all__ = ["FALLBACK", "SyncWaiter"]
 
 #: A wait that could not be made here: wait through the event loop instead.
 FALLBACK: Any = object()
 
+#: The name these connections take in ``CLIENT LIST`` unless ``client_name`` is set.
+CLIENT_NAME = "celeriac-result-wait"
+
+#: Seconds past the caller's deadline a reply Redis owes is still waited for.
+_GRACE = 1.0
+
 
 class _Conn:
-    """A RESP3 connection and the channel it still has to leave."""
+    """A RESP3 connection, the channel it still has to leave, and the ``PONG`` replies
+    still owed to it (read before anything else it is sent)."""
 
-    __slots__ = ("leave", "link")
+    __slots__ = ("leave", "link", "pongs")
 
     def __init__(self, link: Any) -> None:
         self.link = link
         self.leave: bytes | None = None
+        self.pongs = 0
 
 
 class SyncWaiter:
@@ -48,11 +61,15 @@ class SyncWaiter:
 
     def __init__(self, kwargs: Mapping[str, Any], db: int, health_check_interval: float) -> None:
         self._kwargs = dict(kwargs)
+        self._kwargs.setdefault("client_name", CLIENT_NAME)
         self._db = db
         self._check_every = health_check_interval or None
-        self._io_timeout = kwargs.get("socket_timeout")
+        self._io_timeout: float | None = kwargs.get("socket_timeout")
         self._idle: list[_Conn] = []
-        #: Redis answered HELLO 3 with an error (before 6.0): never try again.
+        self._open = 0
+        self._limit = int(kwargs.get("max_connections") or 50)
+        self._closed = False
+        #: Redis does not know HELLO (before 6.0) or this user may not run it.
         self._no_resp3 = False
 
     def wait(
@@ -63,32 +80,57 @@ class SyncWaiter:
 
         ``decode`` returns ``(value, ready)``.
         """
-        if self._no_resp3:
+        if self._no_resp3 or self._closed:
             return FALLBACK
+        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
         try:
             conn = self._idle.pop()
         except IndexError:
-            conn = self._connect()
+            conn = self._connect(deadline)
             if conn is None:
                 return FALLBACK
         try:
-            value = self._wait(conn, key, timeout, decode)
+            value = self._wait(conn, key, deadline, decode)
+        except _Late:
+            self._discard(conn)
+            return decode(None)[0]  # Redis did not answer in time: not ready in time
         except (OSError, hiredis.ProtocolError, _Broken):
-            conn.link.close()
+            self._discard(conn)
             return FALLBACK
         except BaseException:  # Ctrl-C mid-reply: the connection's state is unknown
-            conn.link.close()
+            self._discard(conn)
             raise
-        self._idle.append(conn)
+        if self._closed:
+            self._discard(conn)
+        else:
+            self._idle.append(conn)
         return value
 
     def close(self) -> None:
+        """Close the idle connections; one in use closes when its wait ends."""
+        self._closed = True
         idle, self._idle = self._idle, []
         for conn in idle:
-            conn.link.close()
+            self._discard(conn)
+
+    def _discard(self, conn: _Conn) -> None:
+        self._open -= 1
+        conn.link.close()
+
+    def _read_timeout(self, deadline: float | None) -> float | None:
+        """How long a reply Redis owes is waited for: ``socket_timeout``, and no more
+        than the caller's time left (and a grace)."""
+        if deadline is None:
+            return self._io_timeout
+        left = max(deadline - time.monotonic(), 0.0) + _GRACE
+        return left if self._io_timeout is None else min(left, self._io_timeout)
 
     def _wait(
-        self, conn: _Conn, key: bytes, timeout: float | None, decode: Callable[[bytes | None], Any]
+        self,
+        conn: _Conn,
+        key: bytes,
+        deadline: float | None,
+        decode: Callable[[bytes | None], Any],
     ) -> Any:
         link = conn.link
         sock = link.sock
@@ -97,81 +139,94 @@ class SyncWaiter:
             commands.append(("UNSUBSCRIBE", conn.leave))
         commands += [("SUBSCRIBE", key), ("GET", key)]
         conn.leave = key
+        sock.settimeout(self._read_timeout(deadline))
         sock.sendall(b"".join([hiredis.pack_command(c) for c in commands]))
-        deadline = None if timeout is None else time.monotonic() + max(timeout, 0.0)
+        subscribed = False  # messages count once Redis confirmed this wait's SUBSCRIBE
+        got_reply = False  # the GET's reply has been read
         value: Any = None
-        read_get = False
-        pinged = False
+        ready = False
         while True:
-            reply = _next_reply(link)
-            if reply is _NOTHING:
-                if not read_get:  # the GET's reply is due before anything else
-                    sock.settimeout(self._io_timeout)
-                    reply = _read_blocking(link)
-                else:
-                    wait = self._check_every
-                    if deadline is not None:
-                        left = deadline - time.monotonic()
-                        if left <= 0:
-                            return value
-                        wait = left if wait is None else min(wait, left)
-                    sock.settimeout(wait)
-                    try:
-                        reply = _read_blocking(link)
-                    except TimeoutError:
-                        if deadline is not None and time.monotonic() >= deadline:
-                            return value
-                        if pinged:  # no answer to the last PING either: a dead peer
-                            raise _Broken from None
-                        sock.settimeout(self._io_timeout)
-                        sock.sendall(hiredis.pack_command(("PING",)))
-                        pinged = True
-                        continue
+            if got_reply and conn.pongs == 0:
+                if ready:
+                    return value
+                # Nothing owed: wait for a message, PINGing a silent connection.
+                wait = self._check_every
+                if deadline is not None:
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return value
+                    wait = left if wait is None else min(wait, left)
+                sock.settimeout(wait)
+                try:
+                    reply = _read(link)
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        return value
+                    sock.settimeout(self._read_timeout(deadline))
+                    sock.sendall(hiredis.pack_command(("PING",)))
+                    conn.pongs += 1
+                    continue
+            else:
+                sock.settimeout(self._read_timeout(deadline))
+                try:
+                    reply = _read(link)
+                except TimeoutError:
+                    if deadline is not None and time.monotonic() >= deadline:
+                        raise _Late from None
+                    raise
             if isinstance(reply, hiredis.ReplyError):
                 raise _Broken(str(reply))
             if isinstance(reply, list):  # a push: subscribe, unsubscribe, message
-                if len(reply) == 3 and reply[0] == b"message" and reply[1] == key:
+                kind = reply[0] if reply else None
+                if kind == b"subscribe" and len(reply) == 3 and reply[1] == key:
+                    subscribed = True
+                elif (
+                    kind == b"message" and subscribed and not ready
+                    and len(reply) == 3 and reply[1] == key
+                ):  # fmt: skip
                     value, ready = decode(reply[2])
-                    if ready:
-                        return value
                 continue
-            if not read_get:
-                read_get = True
+            if conn.pongs:  # replies come in order: owed PONGs precede this GET's reply
+                conn.pongs -= 1
+                continue
+            if got_reply:
+                raise _Broken(f"unexpected reply {reply!r}")
+            got_reply = True
+            if not ready:
                 value, ready = decode(reply)
-                if ready:
-                    return value
-                continue
-            pinged = False  # PONG
 
-    def _connect(self) -> _Conn | None:
+    def _connect(self, deadline: float | None) -> _Conn | None:
+        if self._open >= self._limit:
+            return None  # the loop's path waits for a free connection
         link = open_link(self._kwargs, self._db, kernel_timeouts=False)
         if link is None:
             return None
+        self._open += 1
+        conn = _Conn(link)
         try:
+            link.sock.settimeout(self._read_timeout(deadline))
             reply = link.call((("HELLO", "3"),))[0]
         except (OSError, hiredis.ProtocolError):
-            link.close()
+            self._discard(conn)
             return None
         if isinstance(reply, hiredis.ReplyError):
-            self._no_resp3 = True
-            link.close()
+            text = str(reply)
+            if "unknown command" in text.lower() or text.startswith("NOPERM"):
+                self._no_resp3 = True
+            self._discard(conn)
             return None
-        return _Conn(link)
+        return conn
 
 
 class _Broken(Exception):
     """The connection cannot be trusted any more."""
 
 
-_NOTHING: Any = object()
+class _Late(Exception):
+    """Redis did not answer by the caller's deadline (and its grace)."""
 
 
-def _next_reply(link: Any) -> Any:
-    reply = link.reader.gets()
-    return _NOTHING if reply is False else reply
-
-
-def _read_blocking(link: Any) -> Any:
+def _read(link: Any) -> Any:
     """The next reply, reading from the socket as needed (its timeout applies)."""
     reader = link.reader
     while True:

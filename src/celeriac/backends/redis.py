@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Sequence
 from typing import Any, NamedTuple, cast
 
@@ -80,6 +81,8 @@ _READ_CHUNK = 5000
 #: How a broken fast connection fails; the call is then made again through redis-py (a
 #: store and a read may safely run twice).
 _LINK_BROKE = (redis_errors.ConnectionError, redis_errors.TimeoutError)
+#: Seconds before a link that could not be opened again is tried again.
+_LINK_RETRY = 1.0
 
 
 class ChordCounters(NamedTuple):
@@ -133,6 +136,8 @@ class RedisBackend(Backend):
         #: Writes and reads of single batches go over this where redis-py is not needed
         #: (see ``messaging.transports._redis_link``); redis-py's pool takes the rest.
         self._link: Link | None = None
+        self._link_opening = False
+        self._link_retry_at = 0.0
         options = {**self._url_kwargs, **(self._settings.connection or {})}
         options.setdefault("host", "localhost")
         options.setdefault("port", 6379)
@@ -236,22 +241,32 @@ class RedisBackend(Backend):
 
     async def _fast(self) -> Link | None:
         """The single-batch connection, opened again after it broke; None means "use
-        redis-py" (no link for these options, or it cannot be had right now: redis-py's
-        pool, with its retries, then says what is wrong)."""
+        redis-py" (no link for these options, or none right now: redis-py's pool, with
+        its retries, then says what is wrong, and the link is tried again a second
+        later)."""
         link = self._link
-        if link is None or not link.closed:
+        if link is not None and not link.closed:
             return link
-        self._link = None  # one caller reopens; the others take redis-py meanwhile
-        options = self._link_options
-        if options is None or self._client is None:
+        options, client = self._link_options, self._client
+        if (
+            options is None
+            or client is None
+            or self._link_opening
+            or time.monotonic() < self._link_retry_at
+        ):
             return None
+        self._link = None
+        self._link_opening = True  # one caller reopens; the others take redis-py meanwhile
         try:
             link = await Link.open(options, self._db)
         except Exception:
+            self._link_retry_at = time.monotonic() + _LINK_RETRY
             return None
-        if self._client is None:  # closed while connecting
-            link.close()
-            return None
+        finally:
+            self._link_opening = False
+        if self._client is not client or self._link is not None:
+            link.close()  # closed or connected again while this one opened
+            return self._link
         self._link = link
         return link
 

@@ -212,7 +212,8 @@ class SyncPublisher:
 def open_link(kwargs: Mapping[str, Any], db: int, *, kernel_timeouts: bool = True) -> _Link | None:
     """A blocking connection that took the setup commands, or None (cannot connect, or
     Redis refused the credentials: the async path says which). ``kernel_timeouts=False``
-    leaves reads unbounded for a caller that sets its own."""
+    bounds sends and receives with Python's socket timeout instead, for a caller that
+    changes it from one read to the next."""
     try:
         path = kwargs.get("unix_socket_path")
         timeout = kwargs.get("socket_connect_timeout")
@@ -225,7 +226,10 @@ def open_link(kwargs: Mapping[str, Any], db: int, *, kernel_timeouts: bool = Tru
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if kwargs.get("socket_keepalive"):
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        _set_timeout(sock, kwargs.get("socket_timeout") if kernel_timeouts else None)
+        if kernel_timeouts:
+            _set_timeout(sock, kwargs.get("socket_timeout"))
+        else:
+            sock.settimeout(kwargs.get("socket_timeout"))
     except OSError:
         return None
     link = _Link(sock)

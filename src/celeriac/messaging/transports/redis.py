@@ -296,7 +296,10 @@ class RedisTransport(Transport):
         subscriber, self._subscriber = self._subscriber, None
         client, self._client = self._client, None
         link, self._link = self._link, None
-        if link is not None:
+        if link is not None and self._forks == _forks:
+            # Not in a forked child: closing would unregister the socket from the epoll
+            # instance it shares with the parent (the child's copy of the socket is
+            # closed when the link is collected).
             link.close()
         sync, self._sync = self._sync, None
         if sync is not None:
