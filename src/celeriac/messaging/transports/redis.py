@@ -581,17 +581,23 @@ class RedisTransport(Transport):
             key, envelope = self._plain_entry(out, keys)
             lists.setdefault(key, []).append(envelope)
         bells = dict.fromkeys(self.layout.ready_prefix + queue for queue, _ in keys)
+        commands: list[tuple[Any, ...]] = [
+            ("LPUSH", key, *envelopes[start : start + PUBLISH_CHUNK])
+            for key, envelopes in lists.items()
+            for start in range(0, len(envelopes), PUBLISH_CHUNK)
+        ]
+        pushes = len(commands)
+        commands += [("PUBLISH", bell, "") for bell in bells]
         client = self._require()
+        link = self._link
         with self._map_errors():
-            async with client.pipeline(transaction=False) as pipe:
-                pushes = 0
-                for key, envelopes in lists.items():
-                    for start in range(0, len(envelopes), PUBLISH_CHUNK):
-                        pipe.lpush(key, *envelopes[start : start + PUBLISH_CHUNK])
-                        pushes += 1
-                for bell in bells:
-                    pipe.publish(bell, "")
-                replies = await pipe.execute(raise_on_error=False)
+            if link is not None:
+                replies = await link.pipeline(commands)
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    for command in commands:
+                        pipe.execute_command(*command)
+                    replies = await pipe.execute(raise_on_error=False)
             for reply in replies[:pushes]:
                 if isinstance(reply, Exception):
                     raise reply
