@@ -7,6 +7,7 @@ same JSON), from another thread, so the waits are real waits.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -28,12 +29,12 @@ pytestmark = pytest.mark.redis
 redis = pytest.importorskip("redis")
 
 
-def _app(url: str, prefix: str) -> Celeriac:
+def _app(url: str, prefix: str, **options: Any) -> Celeriac:
     return Celeriac(
         "waitsync",
         broker="memory://",
         backend=url,
-        result_backend_transport_options={"global_keyprefix": prefix},
+        result_backend_transport_options={"global_keyprefix": prefix, **options},
         set_as_current=False,
     )
 
@@ -72,17 +73,27 @@ def _waiting_connections(raw: Any) -> list[dict[str, Any]]:
     return [c for c in raw.client_list() if c.get("name") == CLIENT_NAME and c.get("sub") != "0"]
 
 
-@pytest.fixture
-def shared() -> Iterator[tuple[Celeriac, Any, str]]:
+@contextlib.contextmanager
+def _session(**options: Any) -> Iterator[tuple[Celeriac, Any, str]]:
+    """An app whose results go to the shared Redis under a prefix of its own, a raw
+    client, and the prefix of its keys (deleted afterwards)."""
     require_transport("redis")
     prefix = f"w{uuid.uuid4().hex[:10]}"
     raw = redis.Redis(host="127.0.0.1", port=6379, db=14)
-    app = _app("redis://127.0.0.1:6379/14", prefix)
-    yield app, raw, prefix + "_"
-    app.close()
-    for key in raw.scan_iter(f"{prefix}_*"):
-        raw.delete(key)
-    raw.close()
+    app = _app("redis://127.0.0.1:6379/14", prefix, **options)
+    try:
+        yield app, raw, prefix + "_"
+    finally:
+        app.close()
+        for key in raw.scan_iter(f"{prefix}_*"):
+            raw.delete(key)
+        raw.close()
+
+
+@pytest.fixture
+def shared() -> Iterator[tuple[Celeriac, Any, str]]:
+    with _session() as session:
+        yield session
 
 
 def test_get_waits_past_started_for_the_result(shared: tuple[Celeriac, Any, str]) -> None:
@@ -137,23 +148,11 @@ def test_get_times_out_with_the_last_state(shared: tuple[Celeriac, Any, str]) ->
 
 
 def test_health_checks_during_a_wait_leave_the_next_wait_right() -> None:
-    require_transport("redis")
-    prefix = f"h{uuid.uuid4().hex[:10]}"
-    raw = redis.Redis(host="127.0.0.1", port=6379, db=14)
-    app = Celeriac(
-        "waitsync",
-        broker="memory://",
-        backend="redis://127.0.0.1:6379/14",
-        result_backend_transport_options={
-            "global_keyprefix": prefix, "health_check_interval": 0.05,
-        },
-        set_as_current=False,
-    )
-    try:
-        _connected(app, raw, prefix + "_")
+    with _session(health_check_interval=0.05) as (app, raw, prefix):
+        _connected(app, raw, prefix)
         # Given a wait long enough for several PINGs, ended by its result
         task_id = uuid.uuid4().hex
-        writer = _later(0.3, _write, raw, prefix + "_", task_id, "SUCCESS", "late")
+        writer = _later(0.3, _write, raw, prefix, task_id, "SUCCESS", "late")
         assert app.AsyncResult(task_id).get(timeout=10) == "late"
         writer.join()
         # And one that times out between PINGs
@@ -161,13 +160,8 @@ def test_health_checks_during_a_wait_leave_the_next_wait_right() -> None:
             app.AsyncResult("never").get(timeout=0.17)
         # Then the next waits read their own results, not a PONG or another's reply
         for n in range(3):
-            _write(raw, prefix + "_", f"k{n}", "SUCCESS", n)
+            _write(raw, prefix, f"k{n}", "SUCCESS", n)
             assert app.AsyncResult(f"k{n}").get(timeout=5) == n
-    finally:
-        app.close()
-        for key in raw.scan_iter(f"{prefix}_*"):
-            raw.delete(key)
-        raw.close()
 
 
 def test_get_survives_its_connection_being_cut(shared: tuple[Celeriac, Any, str]) -> None:
