@@ -26,7 +26,7 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..messaging.transports._redis_sync import hiredis, open_link
+from ..messaging.transports._redis_sync import hiredis, open_link, shorter
 
 __all__ = ["FALLBACK", "SyncWaiter"]
 
@@ -59,15 +59,25 @@ class SyncWaiter:
     it without a lock).
     """
 
-    def __init__(self, kwargs: Mapping[str, Any], db: int, health_check_interval: float) -> None:
+    def __init__(
+        self,
+        kwargs: Mapping[str, Any],
+        db: int,
+        health_check_interval: float,
+        max_connections: int,
+    ) -> None:
         self._kwargs = dict(kwargs)
-        self._kwargs.setdefault("client_name", CLIENT_NAME)
+        #: Named by HELLO (so a user who may not run CLIENT keeps this path).
+        self._name = self._kwargs.pop("client_name", None) or CLIENT_NAME
         self._db = db
         self._check_every = health_check_interval or None
-        self._io_timeout: float | None = kwargs.get("socket_timeout")
+        # A reply owed longer than this (a health-check interval, at least a second)
+        # means a dead peer, however socket_timeout is set.
+        bound = None if self._check_every is None else max(self._check_every, 1.0)
+        self._io_timeout: float | None = shorter(kwargs.get("socket_timeout"), bound)
         self._idle: list[_Conn] = []
         self._open = 0
-        self._limit = int(kwargs.get("max_connections") or 50)
+        self._limit = max_connections
         self._closed = False
         #: Redis does not know HELLO (before 6.0) or this user may not run it.
         self._no_resp3 = False
@@ -91,9 +101,10 @@ class SyncWaiter:
                 return FALLBACK
         try:
             value = self._wait(conn, key, deadline, decode)
-        except _Late:
+        except _Late as late:
             self._discard(conn)
-            return decode(None)[0]  # Redis did not answer in time: not ready in time
+            # Redis did not answer in time: not ready in time, in the last state read
+            return decode(None)[0] if late.value is None else late.value
         except (OSError, hiredis.ProtocolError, _Broken):
             self._discard(conn)
             return FALLBACK
@@ -172,7 +183,7 @@ class SyncWaiter:
                     reply = _read(link)
                 except TimeoutError:
                     if deadline is not None and time.monotonic() >= deadline:
-                        raise _Late from None
+                        raise _Late(value) from None
                     raise
             if isinstance(reply, hiredis.ReplyError):
                 raise _Broken(str(reply))
@@ -198,17 +209,21 @@ class SyncWaiter:
     def _connect(self, deadline: float | None) -> _Conn | None:
         if self._open >= self._limit:
             return None  # the loop's path waits for a free connection
-        link = open_link(self._kwargs, self._db, kernel_timeouts=False)
+        self._open += 1  # the slot is taken before the (blocking) connect
+        limit = self._read_timeout(deadline)
+        link = open_link(self._kwargs, self._db, kernel_timeouts=False, limit=limit)
         if link is None:
+            self._open -= 1
             return None
-        self._open += 1
         conn = _Conn(link)
         try:
-            link.sock.settimeout(self._read_timeout(deadline))
-            reply = link.call((("HELLO", "3"),))[0]
+            reply = link.call((("HELLO", "3", "SETNAME", self._name),))[0]
         except (OSError, hiredis.ProtocolError):
             self._discard(conn)
             return None
+        except BaseException:
+            self._discard(conn)
+            raise
         if isinstance(reply, hiredis.ReplyError):
             text = str(reply)
             if "unknown command" in text.lower() or text.startswith("NOPERM"):
@@ -224,6 +239,10 @@ class _Broken(Exception):
 
 class _Late(Exception):
     """Redis did not answer by the caller's deadline (and its grace)."""
+
+    def __init__(self, value: Any) -> None:
+        super().__init__()
+        self.value = value
 
 
 def _read(link: Any) -> Any:

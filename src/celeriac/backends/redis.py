@@ -145,7 +145,12 @@ class RedisBackend(Backend):
         self._waiter = (
             None
             if self._link_options is None
-            else SyncWaiter(options, self._db, self._settings.health_check_interval)
+            else SyncWaiter(
+                options,
+                self._db,
+                self._settings.health_check_interval,
+                self._settings.max_connections,
+            )
         )
         self._subscriber: ResultSubscriber | None = None
         self._waiters: dict[bytes, set[_Waiter]] = {}

@@ -31,7 +31,7 @@ except ImportError:  # pragma: no cover - hiredis comes with the redis extra
 
 from ._redis_link import plain_options, setup_commands
 
-__all__ = ["SyncPublisher", "open_link"]
+__all__ = ["SyncPublisher", "open_link", "shorter"]
 
 
 class _Link:
@@ -209,14 +209,17 @@ class SyncPublisher:
         return link
 
 
-def open_link(kwargs: Mapping[str, Any], db: int, *, kernel_timeouts: bool = True) -> _Link | None:
+def open_link(
+    kwargs: Mapping[str, Any], db: int, *, kernel_timeouts: bool = True, limit: float | None = None
+) -> _Link | None:
     """A blocking connection that took the setup commands, or None (cannot connect, or
     Redis refused the credentials: the async path says which). ``kernel_timeouts=False``
     bounds sends and receives with Python's socket timeout instead, for a caller that
-    changes it from one read to the next."""
+    changes it from one read to the next; ``limit`` (seconds) then also bounds
+    connecting and the setup."""
     try:
         path = kwargs.get("unix_socket_path")
-        timeout = kwargs.get("socket_connect_timeout")
+        timeout = shorter(kwargs.get("socket_connect_timeout"), limit)
         if path is not None:
             sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             sock.settimeout(timeout)
@@ -229,7 +232,7 @@ def open_link(kwargs: Mapping[str, Any], db: int, *, kernel_timeouts: bool = Tru
         if kernel_timeouts:
             _set_timeout(sock, kwargs.get("socket_timeout"))
         else:
-            sock.settimeout(kwargs.get("socket_timeout"))
+            sock.settimeout(shorter(kwargs.get("socket_timeout"), limit))
     except OSError:
         return None
     link = _Link(sock)
@@ -242,6 +245,13 @@ def open_link(kwargs: Mapping[str, Any], db: int, *, kernel_timeouts: bool = Tru
         link.close()
         return None
     return link
+
+
+def shorter(a: float | None, b: float | None) -> float | None:
+    """The shorter of two timeouts, None being no timeout."""
+    if a is None:
+        return b
+    return a if b is None else min(a, b)
 
 
 def _cpus() -> int:

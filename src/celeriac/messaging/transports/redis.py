@@ -298,8 +298,8 @@ class RedisTransport(Transport):
         link, self._link = self._link, None
         if link is not None and self._forks == _forks:
             # Not in a forked child: closing would unregister the socket from the epoll
-            # instance it shares with the parent (the child's copy of the socket is
-            # closed when the link is collected).
+            # instance it shares with the parent. The child keeps its copy of the
+            # socket open (the inherited loop still refers to it) until it exits.
             link.close()
         sync, self._sync = self._sync, None
         if sync is not None:
