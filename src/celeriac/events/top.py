@@ -13,6 +13,7 @@ the key says so), ``q`` quits.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, ClassVar
@@ -22,6 +23,7 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
+from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Static
 
 from .. import states
@@ -184,6 +186,11 @@ class EventTop(App[None]):
         return self.state.tasks_by_state(wanted, self.max_rows)
 
     def refresh_view(self) -> None:
+        # A timer tick can still come while the app shuts down and its widgets are gone.
+        with contextlib.suppress(NoMatches):
+            self._refresh_view()
+
+    def _refresh_view(self) -> None:
         state = self.state
         table = self.query_one("#tasks", DataTable)
         rows = state.freeze_while(self.visible_tasks)
@@ -221,7 +228,10 @@ class EventTop(App[None]):
         self._show_detail()
 
     def _show_detail(self) -> None:
-        detail = self.query_one("#detail", Static)
+        try:
+            detail = self.query_one("#detail", Static)
+        except NoMatches:  # a highlight message arrived while the app shuts down
+            return
         task = self.state.task(self.selected) if self.selected else None
         if task is None:
             detail.update("select a task")
