@@ -77,9 +77,11 @@ RESPAWN_DELAY_MAX = 5.0
 #: Bytes read from a result pipe per readable event.
 READ_SIZE = 1 << 16
 #: Jobs a child holds at once, at least and at most: the running one and those queued
-#: behind it.
+#: behind it. The most is high enough that jobs of a few tens of microseconds still
+#: travel many to a write (each write to an idle child wakes it, which is what a short
+#: job costs most on a virtual machine); QUEUED_WORK keeps longer jobs to a few.
 PIPELINE_DEPTH = 2
-PIPELINE_DEPTH_MAX = 8
+PIPELINE_DEPTH_MAX = 32
 #: Seconds of work (by the recent average run time) a child is handed ahead.
 QUEUED_WORK = 0.002
 #: Weight of the latest job in the average run time.
