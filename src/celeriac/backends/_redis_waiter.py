@@ -210,14 +210,21 @@ class SyncWaiter:
         if self._open >= self._limit:
             return None  # the loop's path waits for a free connection
         self._open += 1  # the slot is taken before the (blocking) connect
-        limit = self._read_timeout(deadline)
-        link = open_link(self._kwargs, self._db, kernel_timeouts=False, limit=limit)
+        try:
+            link = open_link(
+                self._kwargs, self._db, kernel_timeouts=False, limit=self._read_timeout(deadline)
+            )
+        except BaseException:  # Ctrl-C while connecting
+            self._open -= 1
+            raise
         if link is None:
             self._open -= 1
             return None
         conn = _Conn(link)
         try:
             reply = link.call((("HELLO", "3", "SETNAME", self._name),))[0]
+            if isinstance(reply, hiredis.ReplyError) and _refused_name(str(reply)):
+                reply = link.call((("HELLO", "3"),))[0]  # unnamed, then
         except (OSError, hiredis.ProtocolError):
             self._discard(conn)
             return None
@@ -231,6 +238,12 @@ class SyncWaiter:
             self._discard(conn)
             return None
         return conn
+
+
+def _refused_name(error: str) -> bool:
+    """An ``ERR`` for HELLO's SETNAME (a name Redis refuses, a server or proxy without
+    that option), rather than for HELLO itself or a passing state (LOADING, BUSY)."""
+    return error.startswith("ERR") and "unknown command" not in error.lower()
 
 
 class _Broken(Exception):

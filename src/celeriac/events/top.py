@@ -13,7 +13,6 @@ the key says so), ``q`` quits.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import Any, ClassVar
@@ -23,7 +22,6 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Horizontal, Vertical
-from textual.css.query import NoMatches
 from textual.widgets import DataTable, Footer, Header, Static
 
 from .. import states
@@ -186,8 +184,9 @@ class EventTop(App[None]):
         return self.state.tasks_by_state(wanted, self.max_rows)
 
     def refresh_view(self) -> None:
-        # A timer tick can still come while the app shuts down and its widgets are gone.
-        with contextlib.suppress(NoMatches):
+        # A timer tick can still come while the app shuts down and its widgets are gone
+        # (Textual clears is_running before it removes them).
+        if self.is_running:
             self._refresh_view()
 
     def _refresh_view(self) -> None:
@@ -228,10 +227,9 @@ class EventTop(App[None]):
         self._show_detail()
 
     def _show_detail(self) -> None:
-        try:
-            detail = self.query_one("#detail", Static)
-        except NoMatches:  # a highlight message arrived while the app shuts down
+        if not self.is_running:  # a highlight message arrived while the app shuts down
             return
+        detail = self.query_one("#detail", Static)
         task = self.state.task(self.selected) if self.selected else None
         if task is None:
             detail.update("select a task")

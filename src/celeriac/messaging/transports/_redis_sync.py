@@ -244,6 +244,9 @@ def open_link(
     except (OSError, hiredis.ProtocolError):
         link.close()
         return None
+    except BaseException:  # Ctrl-C during the setup: no socket left behind
+        link.close()
+        raise
     return link
 
 
