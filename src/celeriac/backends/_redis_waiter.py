@@ -133,8 +133,7 @@ class SyncWaiter:
         than the caller's time left (and a grace)."""
         if deadline is None:
             return self._io_timeout
-        left = max(deadline - time.monotonic(), 0.0) + _GRACE
-        return left if self._io_timeout is None else min(left, self._io_timeout)
+        return shorter(max(deadline - time.monotonic(), 0.0) + _GRACE, self._io_timeout)
 
     def _wait(
         self,
@@ -151,7 +150,7 @@ class SyncWaiter:
         commands += [("SUBSCRIBE", key), ("GET", key)]
         conn.leave = key
         sock.settimeout(self._read_timeout(deadline))
-        sock.sendall(b"".join([hiredis.pack_command(c) for c in commands]))
+        link.send(commands)
         subscribed = False  # messages count once Redis confirmed this wait's SUBSCRIBE
         got_reply = False  # the GET's reply has been read
         value: Any = None
@@ -169,18 +168,18 @@ class SyncWaiter:
                     wait = left if wait is None else min(wait, left)
                 sock.settimeout(wait)
                 try:
-                    reply = _read(link)
+                    reply = link.read()  # a socket timeout raises TimeoutError
                 except TimeoutError:
                     if deadline is not None and time.monotonic() >= deadline:
                         return value
                     sock.settimeout(self._read_timeout(deadline))
-                    sock.sendall(hiredis.pack_command(("PING",)))
+                    link.send((("PING",),))
                     conn.pongs += 1
                     continue
             else:
                 sock.settimeout(self._read_timeout(deadline))
                 try:
-                    reply = _read(link)
+                    reply = link.read()  # a socket timeout raises TimeoutError
                 except TimeoutError:
                     if deadline is not None and time.monotonic() >= deadline:
                         raise _Late(value) from None
@@ -257,15 +256,3 @@ class _Late(Exception):
         super().__init__()
         self.value = value
 
-
-def _read(link: Any) -> Any:
-    """The next reply, reading from the socket as needed (its timeout applies)."""
-    reader = link.reader
-    while True:
-        reply = reader.gets()
-        if reply is not False:
-            return reply
-        data = link.sock.recv(65536)  # a timeout raises TimeoutError
-        if not data:
-            raise ConnectionResetError("Redis closed the connection")
-        reader.feed(data)

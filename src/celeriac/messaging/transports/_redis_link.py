@@ -144,9 +144,9 @@ class Link(asyncio.Protocol):
 
     async def call(self, *command: Any) -> Any:
         """One command's reply; an error reply raises."""
-        reply = (await self._send((command,)))[0]
-        if isinstance(reply, hiredis.ReplyError):
-            raise _parse_error(str(reply))
+        reply = (await self.pipeline((command,)))[0]
+        if isinstance(reply, Exception):
+            raise reply
         return reply
 
     async def pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
