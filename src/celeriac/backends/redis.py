@@ -199,8 +199,6 @@ class RedisBackend(Backend):
             with map_errors(self._where):
                 await client.ping()
                 self._store_sha = await client.script_load(STORE_LUA)
-                if self._link_options is not None:
-                    self._link = await Link.open(self._link_options, self._db)
         except BaseException:
             await client.aclose()
             await pool.disconnect()
@@ -245,10 +243,10 @@ class RedisBackend(Backend):
         return int(self._url_kwargs.get("db") or 0)
 
     async def _fast(self) -> Link | None:
-        """The single-batch connection, opened again after it broke; None means "use
-        redis-py" (no link for these options, or none right now: redis-py's pool, with
-        its retries, then says what is wrong, and the link is tried again a second
-        later)."""
+        """The single-batch connection, opened on first use and again after it broke;
+        None means "use redis-py" (no link for these options, or none right now:
+        redis-py's pool, with its retries, then says what is wrong, and the link is
+        tried again a second later)."""
         link = self._link
         if link is not None and not link.closed:
             return link

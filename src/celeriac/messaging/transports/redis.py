@@ -42,7 +42,7 @@ import os
 import time
 import uuid
 from collections.abc import Mapping, Sequence
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import orjson
 from redis import asyncio as aioredis
@@ -521,13 +521,9 @@ class RedisTransport(Transport):
             # Fanout only (event packs, broadcasts): plain PUBLISH, without the script's
             # per-call cost in Redis, which shares the worker's cores.
             with self._map_errors():
-                if len(args) == 1:
-                    await client.publish(args[0][7], args[0][6])
-                    return
-                async with client.pipeline(transaction=False) as pipe:
-                    for a in args:
-                        pipe.publish(a[7], a[6])
-                    await pipe.execute()
+                for reply in await self._pipeline([("PUBLISH", a[7], a[6]) for a in args]):
+                    if isinstance(reply, Exception):
+                        raise reply
             return
         script = self._scripts["PUBLISH"]
         head = self._publish_head
@@ -588,16 +584,8 @@ class RedisTransport(Transport):
         ]
         pushes = len(commands)
         commands += [("PUBLISH", bell, "") for bell in bells]
-        client = self._require()
-        link = self._link
         with self._map_errors():
-            if link is not None:
-                replies = await link.pipeline(commands)
-            else:
-                async with client.pipeline(transaction=False) as pipe:
-                    for command in commands:
-                        pipe.execute_command(*command)
-                    replies = await pipe.execute(raise_on_error=False)
+            replies = await self._pipeline(commands)
             for reply in replies[:pushes]:
                 if isinstance(reply, Exception):
                     raise reply
@@ -605,6 +593,18 @@ class RedisTransport(Transport):
             if isinstance(reply, Exception):
                 self._doorbell_refused(reply)
                 break
+
+    async def _pipeline(self, commands: Sequence[Sequence[Any]]) -> list[Any]:
+        """Commands in one round trip, their replies in order with an error reply as its
+        exception in place: over the link where there is one, else redis-py's pipeline."""
+        client = self._require()
+        link = self._link
+        if link is not None:
+            return await link.pipeline(commands)
+        async with client.pipeline(transaction=False) as pipe:
+            for command in commands:
+                pipe.execute_command(*command)
+            return cast(list[Any], await pipe.execute(raise_on_error=False))
 
     def _doorbell_refused(self, exc: BaseException) -> None:
         """The messages are stored; only the wake-up was refused (an ACL user without
