@@ -58,6 +58,7 @@ class _Link:
         each receive wait)."""
         sock = self.sock
         clock = time.perf_counter
+        yield_cpu = os.sched_yield
         end = clock() + seconds
         while True:
             try:
@@ -65,6 +66,7 @@ class _Link:
             except BlockingIOError:
                 if clock() >= end:
                     return False
+                yield_cpu()
                 continue
             if not data:
                 raise ConnectionResetError("Redis closed the connection")
