@@ -69,6 +69,44 @@ def test_transport_reports_a_dropped_connection_then_reconnects(server: RedisSer
     raw.close()
 
 
+def test_transport_reports_a_dropped_subscription_and_doorbells_wake_it_again(
+    server: RedisServer,
+) -> None:
+    raw = redis.Redis.from_url(server.url)
+
+    async def main() -> None:
+        # Polls 60 s apart: within a 5 s fetch only a doorbell finds a new message
+        t = RedisTransport(server.url, {"polling_interval": 60})
+        publisher = RedisTransport(server.url)
+        await t.connect()
+        await publisher.connect()
+        try:
+            await t.declare_queue(Queue("work"))
+            assert await t.fetch(["work"], 10, 0.05) == []  # listens to the doorbell
+            # When Redis drops the subscription's connection
+            _kill_connection(raw, t._subscriber._link)
+            await asyncio.sleep(0.05)
+            # Then the transport says so (doorbells would be missed) instead of waiting
+            assert not t.is_connected
+            with pytest.raises(ConnectionBrokenError, match="subscription lost"):
+                await t.fetch(["work"], 10, 0.5)
+            # And once reconnected, a waiting fetch is woken by the next publish
+            await t.connect()
+            assert await t.fetch(["work"], 10, 0.05) == []
+            waiting = asyncio.ensure_future(t.fetch(["work"], 10, 5.0))
+            await asyncio.sleep(0.1)
+            await publisher.publish([Outgoing(_message(b"one"), "", "work")])
+            got = await waiting
+            assert [m.body for m in got] == [b"one"]
+            await t.ack(got)
+        finally:
+            await t.close()
+            await publisher.close()
+
+    asyncio.run(main())
+    raw.close()
+
+
 def test_transport_call_that_stalls_past_socket_timeout_fails(server: RedisServer) -> None:
     raw = redis.Redis.from_url(server.url)
 

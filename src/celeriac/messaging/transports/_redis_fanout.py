@@ -18,25 +18,31 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-__all__ = ["Subscriber", "FanoutBuffer"]
+from ._redis_link import PushLink
+
+__all__ = ["FanoutBuffer", "LinkSubscriber", "Subscriber"]
 
 logger = logging.getLogger("celeriac.messaging.redis")
 
 #: Seconds one pub/sub read waits before looping (lets cancellation and checks through).
 _READ_TIMEOUT = 1.0
 
+#: Seconds a (un)subscription waits for Redis's confirmation without ``socket_timeout``.
+_CONFIRM_TIMEOUT = 10.0
 
-class Subscriber:
-    """One pub/sub connection reading fanout messages and doorbells until stopped.
+
+class _Subscriptions:
+    """What both subscribers share: the channels and patterns listened to, ``sync``'s
+    PING tokens, and the one failure reported to the transport.
 
     Args:
-        client: The transport's client; the subscriber takes a connection from its pool.
         on_fanout: Called with ``(channel, data)`` for every pattern message.
         on_ready: Called with ``channel`` for every doorbell.
         on_failure: Called once with the exception when the connection breaks.
@@ -44,17 +50,13 @@ class Subscriber:
 
     def __init__(
         self,
-        client: Redis,
         on_fanout: Callable[[str, bytes], None],
         on_ready: Callable[[str], None],
         on_failure: Callable[[BaseException], None],
     ) -> None:
-        self._client = client
         self._on_fanout = on_fanout
         self._on_ready = on_ready
         self._on_failure = on_failure
-        self._pubsub: PubSub | None = None
-        self._task: asyncio.Task[None] | None = None
         self.patterns: set[str] = set()
         self.channels: set[str] = set()
         #: PING tokens sent by :meth:`sync`, and the futures waiting for their PONG.
@@ -75,16 +77,15 @@ class Subscriber:
         async with self._lock():
             new = [p for p in patterns if p not in self.patterns]
             if new:
-                await self._ensure().psubscribe(*new)
+                await self._change("PSUBSCRIBE", new)
                 self.patterns.update(new)
-                self._start()
 
     async def punsubscribe(self, *patterns: str) -> None:
         async with self._lock():
             gone = [p for p in patterns if p in self.patterns]
-            if gone and self._pubsub is not None:
+            if gone and self._connected():
                 self.patterns.difference_update(gone)
-                await self._pubsub.punsubscribe(*gone)
+                await self._change("PUNSUBSCRIBE", gone)
 
     async def subscribe(self, *channels: str) -> bool:
         """Subscribe to doorbells; True when something new was subscribed."""
@@ -92,10 +93,75 @@ class Subscriber:
             new = [c for c in channels if c not in self.channels]
             if not new:
                 return False
-            await self._ensure().subscribe(*new)
+            await self._change("SUBSCRIBE", new)
             self.channels.update(new)
-            self._start()
             return True
+
+    def _token(self) -> tuple[bytes, asyncio.Future[None]]:
+        self._pings += 1
+        token = b"celeriac-sync-%d" % self._pings
+        future = asyncio.get_running_loop().create_future()
+        self._pongs[token] = future
+        return token, future
+
+    def _pong(self, token: bytes) -> None:
+        future = self._pongs.pop(token, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _failed(self, exc: BaseException) -> None:
+        if self.failure is not None:
+            return
+        self.failure = exc
+        for future in self._pongs.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._on_failure(exc)
+
+    def _dispatch(self, kind: bytes, reply: Sequence[Any]) -> None:
+        if kind == b"pmessage":
+            self._on_fanout(_text(reply[2]), reply[3])
+        elif kind == b"message":
+            self._on_ready(_text(reply[1]))
+        elif kind == b"pong":
+            self._pong(reply[1])
+
+    async def _change(self, command: str, names: list[str]) -> None:
+        raise NotImplementedError
+
+    def _connected(self) -> bool:
+        raise NotImplementedError
+
+
+class Subscriber(_Subscriptions):
+    """One redis-py pub/sub connection read by a task until stopped (where a plain
+    socket cannot stand in: TLS, Sentinel, options only redis-py knows).
+
+    Args:
+        client: The transport's client; the subscriber takes a connection from its pool.
+    """
+
+    def __init__(
+        self,
+        client: Redis,
+        on_fanout: Callable[[str, bytes], None],
+        on_ready: Callable[[str], None],
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
+        super().__init__(on_fanout, on_ready, on_failure)
+        self._client = client
+        self._pubsub: PubSub | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def _change(self, command: str, names: list[str]) -> None:
+        if self._pubsub is None:
+            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+        await getattr(self._pubsub, command.lower())(*names)
+        if command != "PUNSUBSCRIBE":
+            self._start()
+
+    def _connected(self) -> bool:
+        return self._pubsub is not None
 
     async def sync(self, timeout: float = 5.0) -> None:
         """Return once every message published before this call has been handled.
@@ -106,21 +172,13 @@ class Subscriber:
         """
         if self._pubsub is None or self._task is None or self._task.done():
             return
-        self._pings += 1
-        token = b"celeriac-sync-%d" % self._pings
-        future = asyncio.get_running_loop().create_future()
-        self._pongs[token] = future
+        token, future = self._token()
         try:
             await self._pubsub.ping(token)
             async with asyncio.timeout(timeout):
                 await future
         finally:
             self._pongs.pop(token, None)
-
-    def _ensure(self) -> PubSub:
-        if self._pubsub is None:
-            self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        return self._pubsub
 
     def _start(self) -> None:
         if self._task is None or self._task.done():
@@ -139,25 +197,18 @@ class Subscriber:
                 if message is None:
                     continue
                 kind = message["type"]
-                channel = _text(message["channel"])
                 if kind == "pmessage":
-                    self._on_fanout(channel, message["data"])
+                    self._on_fanout(_text(message["channel"]), message["data"])
                 elif kind == "message":
-                    self._on_ready(channel)
+                    self._on_ready(_text(message["channel"]))
                 elif kind == "pong":
-                    future = self._pongs.pop(message["data"], None)
-                    if future is not None and not future.done():
-                        future.set_result(None)
+                    self._pong(message["data"])
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.failure = exc
-            for future in self._pongs.values():
-                if not future.done():
-                    future.set_exception(exc)
-            self._on_failure(exc)
+            self._failed(exc)
 
-    async def stop(self) -> None:
+    async def stop(self, close: bool = True) -> None:
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -167,6 +218,90 @@ class Subscriber:
         if pubsub is not None:
             with contextlib.suppress(Exception):
                 await pubsub.aclose()
+
+
+class LinkSubscriber(_Subscriptions):
+    """The pub/sub connection as a :class:`PushLink`: hiredis parses each push inside
+    the loop's read callback, which calls the transport there and then.
+
+    With redis-py a doorbell went through a reading task (a loop iteration, its
+    timeout and parser layers) before it could wake the fetch waiting for it: a slice
+    of every idle round trip. (Un)subscriptions go out with a ``PING`` and return once
+    its ``PONG`` is back, so Redis has made them by then.
+
+    Args:
+        kwargs: Plain client options (see ``plain_options``).
+        db: The database (pub/sub ignores it; credentials and name still apply).
+    """
+
+    def __init__(
+        self,
+        kwargs: Mapping[str, Any],
+        db: int,
+        on_fanout: Callable[[str, bytes], None],
+        on_ready: Callable[[str], None],
+        on_failure: Callable[[BaseException], None],
+    ) -> None:
+        super().__init__(on_fanout, on_ready, on_failure)
+        self._kwargs = kwargs
+        self._db = db
+        self._confirm_within = kwargs.get("socket_timeout") or _CONFIRM_TIMEOUT
+        self._link: PushLink | None = None
+
+    def _connected(self) -> bool:
+        return self._link is not None
+
+    async def _change(self, command: str, names: list[str]) -> None:
+        link = self._link
+        if link is None:
+            link = await PushLink.open(self._kwargs, self._db)
+            link.on_push = self._on_push
+            link.on_lost = self._failed
+            self._link = link
+        await self._confirm(link, [(command, *names)], self._confirm_within)
+
+    async def sync(self, timeout: float = 5.0) -> None:
+        """Return once every message published before this call has been handled
+        (see :meth:`Subscriber.sync`)."""
+        link = self._link
+        if link is None or self.failure is not None:
+            return
+        await self._confirm(link, [], timeout)
+
+    async def _confirm(
+        self, link: PushLink, commands: list[tuple[Any, ...]], timeout: float
+    ) -> None:
+        if self.failure is not None:
+            raise redis_errors.ConnectionError(f"Redis subscription lost: {self.failure}")
+        token, future = self._token()
+        try:
+            link.write([*commands, ("PING", token)])
+            async with asyncio.timeout(timeout):
+                await future
+        except TimeoutError:
+            raise redis_errors.TimeoutError(
+                f"Redis did not answer a subscription's PING in {timeout}s"
+            ) from None
+        finally:
+            self._pongs.pop(token, None)
+
+    def _on_push(self, reply: Any) -> None:
+        if type(reply) is list and reply:
+            self._dispatch(reply[0], reply)
+
+    async def stop(self, close: bool = True) -> None:
+        """Stop reading. ``close=False`` in a forked child: closing would unregister
+        the socket from the epoll instance it shares with the parent."""
+        link, self._link = self._link, None
+        if link is not None:
+            link.on_lost = None
+            link.on_push = _ignore
+            if close:
+                link.close()
+
+
+def _ignore(reply: Any) -> None:
+    """Pushes that arrive after a subscriber stopped."""
 
 
 def _text(value: Any) -> str:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import socket
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -39,7 +39,7 @@ except (ImportError, AttributeError):  # pragma: no cover - another redis-py lay
         return redis_errors.ResponseError(response)
 
 
-__all__ = ["Link", "plain_options", "setup_commands"]
+__all__ = ["Link", "PushLink", "plain_options", "setup_commands"]
 
 #: redis-py client options these connections honour; any other one means "use redis-py".
 _HONOURED = frozenset(
@@ -233,3 +233,54 @@ class Link(asyncio.Protocol):
         """Close now; calls still waiting fail with ``ConnectionError``."""
         self._fail(redis_errors.ConnectionError("the connection was closed"))
         self._transport = None
+
+
+class PushLink(Link):
+    """A :class:`Link` whose connection is subscribed: once :attr:`on_push` is set,
+    every reply is a push (a message, a subscription's confirmation, a ``PONG``) and goes
+    to it as it is read, within the loop's read callback.
+
+    A failure (the connection lost, a protocol error, an error reply, ``on_push``
+    raising) is reported once to :attr:`on_lost`; :meth:`close` reports nothing.
+    """
+
+    def __init__(self, timeout: float | None) -> None:
+        super().__init__(timeout)
+        self.on_push: Callable[[Any], None] | None = None
+        self.on_lost: Callable[[BaseException], None] | None = None
+
+    def write(self, commands: Sequence[Sequence[Any]]) -> None:
+        """Send commands whose replies come as pushes."""
+        transport = self._transport
+        if transport is None or self.failure is not None:
+            raise redis_errors.ConnectionError(f"Redis connection lost: {self.failure}")
+        pack = hiredis.pack_command
+        transport.write(b"".join([pack(tuple(c)) for c in commands]))
+
+    def data_received(self, data: bytes) -> None:
+        on_push = self.on_push
+        if on_push is None:  # still setting up: replies answer calls
+            super().data_received(data)
+            return
+        reader = self._reader
+        try:
+            reader.feed(data)
+            while (reply := reader.gets()) is not False:
+                if isinstance(reply, hiredis.ReplyError):
+                    raise _parse_error(str(reply))
+                on_push(reply)
+        except hiredis.ProtocolError as exc:
+            self._fail(redis_errors.ConnectionError(f"Redis protocol error: {exc}"))
+        except Exception as exc:
+            self._fail(exc)
+
+    def _fail(self, error: BaseException) -> None:
+        first = self.failure is None
+        super()._fail(error)
+        on_lost, self.on_lost = self.on_lost, None
+        if first and on_lost is not None:
+            on_lost(error)
+
+    def close(self) -> None:
+        self.on_lost = None
+        super().close()

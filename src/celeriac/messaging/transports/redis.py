@@ -58,7 +58,7 @@ from ..entities import Exchange, Queue, topic_matches
 from ..message import Message
 from . import _redis_scripts as scripts
 from ._redis_common import map_redis_errors
-from ._redis_fanout import FanoutBuffer, Subscriber
+from ._redis_fanout import FanoutBuffer, LinkSubscriber, Subscriber
 from ._redis_layout import (
     Layout,
     decode_envelope,
@@ -175,7 +175,7 @@ class RedisTransport(Transport):
         self._common = [self.layout.prefix, self.layout.sep, self.layout.steps_arg]
         self._publish_head = [*self._common, self.layout.ready_prefix]
         self._client: aioredis.Redis | None = None
-        self._subscriber: Subscriber | None = None
+        self._subscriber: Subscriber | LinkSubscriber | None = None
         self._scripts: dict[str, Any] = {}
         #: The scripts' connection where redis-py is not needed (see ``_redis_link``).
         self._link: Link | None = None
@@ -235,6 +235,10 @@ class RedisTransport(Transport):
         self._subscriber = Subscriber(client, self._on_fanout, self._on_ready, self._on_failure)
         if not self.endpoint.sentinels:
             options = {**self.endpoint.kwargs, **self.settings.client}
+            if plain_options(options):
+                self._subscriber = LinkSubscriber(
+                    options, self.endpoint.db, self._on_fanout, self._on_ready, self._on_failure
+                )
             self._sync = SyncPublisher.for_client(
                 options,
                 self.endpoint.db,
@@ -306,7 +310,7 @@ class RedisTransport(Transport):
             sync.close()
         self._ring_all()  # waiting fetches notice the close
         if subscriber is not None:
-            await subscriber.stop()
+            await subscriber.stop(close=self._forks == _forks)
         if client is not None:
             with contextlib.suppress(Exception):
                 await client.aclose()
