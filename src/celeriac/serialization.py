@@ -133,6 +133,10 @@ def codec_for(name_or_content_type: str) -> Codec:
     raise ConfigurationError.unknown_key(name_or_content_type, [*_by_name, *_by_type], "serializer")
 
 
+#: Allowlists usable as cache keys as they are.
+_HASHABLE_LISTS = (tuple, frozenset)
+
+
 def accepted_content_types(accept: Collection[str] | None) -> frozenset[str] | None:
     """Normalize an allowlist of names and/or content types to content types.
 
@@ -143,7 +147,7 @@ def accepted_content_types(accept: Collection[str] | None) -> frozenset[str] | N
     """
     if accept is None:
         return None
-    key = accept if isinstance(accept, tuple | frozenset) else tuple(accept)
+    key = accept if isinstance(accept, _HASHABLE_LISTS) else tuple(accept)
     cached = _accept_cache.get(key)
     if cached is not None:
         return cached

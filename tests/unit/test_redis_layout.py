@@ -144,6 +144,27 @@ def test_unreadable_envelope_becomes_a_message_to_quarantine() -> None:
     assert "x-invalid-envelope" in got.headers
 
 
+@pytest.mark.parametrize(
+    "properties",
+    [{"delivery_info": "celery", "delivery_tag": "t"}, ["delivery_tag", "t"]],
+)
+def test_an_envelope_with_misshapen_properties_becomes_a_message_to_quarantine(
+    properties: object,
+) -> None:
+    raw = json.dumps({"body": "", "headers": {}, "properties": properties}).encode()
+    got = decode_envelope(raw, "q", 1, None)
+    assert got.body == raw
+    assert got.content_type == "application/x-celeriac-invalid-envelope"
+    assert "x-invalid-envelope" in got.headers
+
+
+def test_decoding_leaves_only_the_producers_properties() -> None:
+    message = Message(b"[]", {"task": "t", "id": "1"}, {"reply_to": "r"}, "application/json")
+    got = decode_envelope(encode_envelope(message, "", "q", "tag-1", 0), "q", 1, None)
+    assert "delivery_info" not in got.properties and "body_encoding" not in got.properties
+    assert got.properties["reply_to"] == "r" and got.properties["delivery_tag"] == "tag-1"
+
+
 def test_restore_flags_the_entry_as_kombu_does() -> None:
     raw = encode_envelope(Message(b"{}"), "ex", "rk", "tag-9", 6)
     entry = json.dumps([json.loads(raw), "ex", "rk"])

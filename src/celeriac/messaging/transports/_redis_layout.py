@@ -376,7 +376,14 @@ def decode_envelope(
         envelope = _loads(raw)
         props = envelope["properties"]
         body = envelope.get("body")
-        encoding = props.get("body_encoding")
+        headers = envelope.get("headers") or {}
+        if type(props) is not dict or type(headers) is not dict:
+            raise TypeError("properties and headers must be objects")
+        # The transport's own properties leave the dict here (it is this call's own copy)
+        encoding = props.pop("body_encoding", None)
+        info = props.pop("delivery_info", None) or {}
+        if type(info) is not dict:
+            raise TypeError("properties.delivery_info must be an object")
         if body is None:
             data = b""
         elif encoding == "base64":
@@ -385,11 +392,8 @@ def decode_envelope(
             data = body.encode("utf-8")
         else:
             data = orjson.dumps(body)
-        headers = envelope.get("headers") or {}
         content_type = envelope.get("content-type") or "application/data"
         content_encoding = envelope.get("content-encoding") or "binary"
-        if not isinstance(props, dict) or not isinstance(headers, dict):
-            raise TypeError("properties and headers must be objects")
     except (ValueError, TypeError, KeyError, AttributeError, binascii.Error) as exc:
         return Message(
             raw,
@@ -402,8 +406,6 @@ def decode_envelope(
             redelivered=delivery_count > 1,
             receipt=receipt,
         )
-    info = props.get("delivery_info") or {}
-    properties = {k: v for k, v in props.items() if k not in _TRANSPORT_PROPERTIES}
     redelivered = delivery_count > 1 or bool(info.get("redelivered"))
     if headers.get("redelivered") is True:
         redelivered = True
@@ -411,17 +413,17 @@ def decode_envelope(
     return Message(
         data,
         headers,
-        properties,
+        props,
         content_type,
         content_encoding,
         delivery_info={
             "exchange": info.get("exchange", ""),
             "routing_key": info.get("routing_key", queue),
             "queue": queue,
-            "priority": properties.get("priority") or 0,
+            "priority": props.get("priority") or 0,
             "redelivered": redelivered,
         },
-        delivery_tag=properties.get("delivery_tag"),
+        delivery_tag=props.get("delivery_tag"),
         redelivered=redelivered,
         delivery_count=delivery_count,
         receipt=receipt,
