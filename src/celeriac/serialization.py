@@ -133,8 +133,8 @@ def codec_for(name_or_content_type: str) -> Codec:
     raise ConfigurationError.unknown_key(name_or_content_type, [*_by_name, *_by_type], "serializer")
 
 
-#: Allowlists usable as cache keys as they are.
-_HASHABLE_LISTS = (tuple, frozenset)
+#: Allowlist types used as cache keys as they are (others are copied to a tuple).
+_CACHE_KEY_TYPES = (tuple, frozenset)
 
 
 def accepted_content_types(accept: Collection[str] | None) -> frozenset[str] | None:
@@ -147,7 +147,7 @@ def accepted_content_types(accept: Collection[str] | None) -> frozenset[str] | N
     """
     if accept is None:
         return None
-    key = accept if isinstance(accept, _HASHABLE_LISTS) else tuple(accept)
+    key = accept if isinstance(accept, _CACHE_KEY_TYPES) else tuple(accept)
     cached = _accept_cache.get(key)
     if cached is not None:
         return cached

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from celeriac.exceptions import ConnectionBrokenError
+from celeriac.exceptions import ConnectionBrokenError, ConnectionClosedError
 from celeriac.messaging import Message, Queue
 from celeriac.messaging.transports.base import Outgoing
 
@@ -104,6 +104,89 @@ def test_transport_reports_a_dropped_subscription_and_doorbells_wake_it_again(
             await publisher.close()
 
     asyncio.run(main())
+    raw.close()
+
+
+def test_a_subscription_that_stops_answering_is_given_up(server: RedisServer) -> None:
+    raw = redis.Redis.from_url(server.url)
+
+    async def main() -> None:
+        t = RedisTransport(server.url, {"health_check_interval": 0.2})
+        await t.connect()
+        try:
+            await t.declare_queue(Queue("work"))
+            assert await t.fetch(["work"], 10, 0.05) == []  # listens to the doorbell
+            # When the subscription's connection goes silent (Redis stops answering)
+            raw.client_pause(1500)
+            await asyncio.sleep(0.8)
+            # Then its unanswered PING gives it up: the transport reconnects instead of
+            # missing doorbells and broadcasts for good
+            assert not t.is_connected
+        finally:
+            await t.close()
+
+    asyncio.run(main())
+    raw.close()
+
+
+def test_closing_ends_a_fetch_waiting_for_its_subscription(server: RedisServer) -> None:
+    raw = redis.Redis.from_url(server.url)
+
+    async def main() -> None:
+        t = RedisTransport(server.url, {"socket_timeout": 30})
+        await t.connect()
+        try:
+            await t.declare_queue(Queue("work"))
+            assert await t.fetch(["work"], 10, 0.05) == []
+            # Given a fetch of a new queue set waiting for Redis to confirm its doorbells
+            raw.client_pause(3000)
+            waiting = asyncio.ensure_future(t.fetch(["work", "other"], 10, 5.0))
+            await asyncio.sleep(0.1)
+            assert not waiting.done()
+        finally:
+            await t.close()
+        # When the transport closes, the fetch says so at once (not after socket_timeout)
+        with pytest.raises(ConnectionClosedError):
+            async with asyncio.timeout(1.0):
+                await waiting
+
+    asyncio.run(main())
+    raw.client_unpause()
+    raw.close()
+
+
+def test_a_user_who_may_not_listen_to_doorbells_still_gets_messages(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = redis.Redis.from_url(server.url)
+    raw.acl_setuser(
+        "nobells", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"],
+        reset_channels=True,
+    )  # fmt: skip
+    url = server.url.replace("redis://", "redis://nobells:pw@")
+
+    async def main() -> None:
+        t = RedisTransport(url, {"polling_interval": 0.05})
+        publisher = RedisTransport(server.url)
+        await t.connect()
+        await publisher.connect()
+        try:
+            await t.declare_queue(Queue("work"))
+            # When a fetch cannot subscribe to its doorbell (ACL: no channels)
+            assert await t.fetch(["work"], 10, 0.05) == []
+            await publisher.publish([Outgoing(_message(b"one"), "", "work")])
+            # Then it finds the message at its next poll, and the connection stays up
+            got = await t.fetch(["work"], 10, 2.0)
+            assert [m.body for m in got] == [b"one"]
+            await t.ack(got)
+            assert t.is_connected
+        finally:
+            await t.close()
+            await publisher.close()
+
+    asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records if "refused to subscribe" in r.getMessage()]
+    assert len(said) == 1 and "polling_interval" in said[0]
     raw.close()
 
 

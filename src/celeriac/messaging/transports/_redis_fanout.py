@@ -10,6 +10,9 @@ The same connection listens to celeriac's *doorbell* channels: a celeriac publis
 ``<prefix>_celeriac.ready/<db>/<queue>`` when a queue's list goes from empty to non-empty,
 so a waiting fetch wakes at once instead of at its next poll. (Celery publishers do not
 ring; their messages are found by polling.)
+
+The connection is a :class:`LinkSubscriber` (hiredis, read in the loop's callback) where
+the client options are plain, else a :class:`Subscriber` on redis-py (TLS, Sentinel).
 """
 
 from __future__ import annotations
@@ -59,7 +62,8 @@ class _Subscriptions:
         self._on_failure = on_failure
         self.patterns: set[str] = set()
         self.channels: set[str] = set()
-        #: PING tokens sent by :meth:`sync`, and the futures waiting for their PONG.
+        #: PING tokens sent to mark a point in the stream (``sync``, confirmations), and
+        #: the futures waiting for their PONG.
         self._pongs: dict[bytes, asyncio.Future[None]] = {}
         self._pings = 0
         #: The exception that ended the reader, if it failed.
@@ -209,6 +213,8 @@ class Subscriber(_Subscriptions):
             self._failed(exc)
 
     async def stop(self, close: bool = True) -> None:
+        """Stop reading and close the connection (``close`` is for the link subscriber:
+        redis-py's pool decides what a forked child's connection does)."""
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -227,7 +233,10 @@ class LinkSubscriber(_Subscriptions):
     With redis-py a doorbell went through a reading task (a loop iteration, its
     timeout and parser layers) before it could wake the fetch waiting for it: a slice
     of every idle round trip. (Un)subscriptions go out with a ``PING`` and return once
-    its ``PONG`` is back, so Redis has made them by then.
+    its ``PONG`` is back, so Redis has made them by then; an error reply in between
+    (an ACL refusing a channel) is raised by the call that caused it. A connection
+    silent for ``health_check_interval`` is PINGed, and given up on (reported as lost)
+    when that PING or a confirmation goes unanswered.
 
     Args:
         kwargs: Plain client options (see ``plain_options``).
@@ -246,7 +255,15 @@ class LinkSubscriber(_Subscriptions):
         self._kwargs = kwargs
         self._db = db
         self._confirm_within = kwargs.get("socket_timeout") or _CONFIRM_TIMEOUT
+        self._interval: float = kwargs.get("health_check_interval") or 0.0
         self._link: PushLink | None = None
+        self._stopped = False
+        #: Tokens of confirmations in flight, oldest first, and the first error reply
+        #: that came before each one's PONG.
+        self._confirming: deque[bytes] = deque()
+        self._errors: dict[bytes, Exception] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._ping_sent: float | None = None
 
     def _connected(self) -> bool:
         return self._link is not None
@@ -254,11 +271,22 @@ class LinkSubscriber(_Subscriptions):
     async def _change(self, command: str, names: list[str]) -> None:
         link = self._link
         if link is None:
+            self._check_open()
             link = await PushLink.open(self._kwargs, self._db)
+            if self._stopped:  # stopped while connecting
+                link.close()
+                self._check_open()
             link.on_push = self._on_push
+            link.on_error = self._on_error
             link.on_lost = self._failed
             self._link = link
+            if self._interval:
+                self._timer = asyncio.get_running_loop().call_later(self._interval, self._tick)
         await self._confirm(link, [(command, *names)], self._confirm_within)
+
+    def _check_open(self) -> None:
+        if self._stopped:
+            raise redis_errors.ConnectionError("the subscription was closed")
 
     async def sync(self, timeout: float = 5.0) -> None:
         """Return once every message published before this call has been handled
@@ -273,28 +301,91 @@ class LinkSubscriber(_Subscriptions):
     ) -> None:
         if self.failure is not None:
             raise redis_errors.ConnectionError(f"Redis subscription lost: {self.failure}")
+        self._check_open()
         token, future = self._token()
         try:
             link.write([*commands, ("PING", token)])
+            self._confirming.append(token)
             async with asyncio.timeout(timeout):
                 await future
         except TimeoutError:
-            raise redis_errors.TimeoutError(
+            error = redis_errors.TimeoutError(
                 f"Redis did not answer a subscription's PING in {timeout}s"
-            ) from None
+            )
+            link.abort(error)  # replies can no longer be matched: reported as lost
+            raise error from None
         finally:
             self._pongs.pop(token, None)
+            self._errors.pop(token, None)
+            with contextlib.suppress(ValueError):
+                self._confirming.remove(token)
+
+    def _pong(self, token: bytes) -> None:
+        if self._confirming and self._confirming[0] == token:
+            self._confirming.popleft()
+        error = self._errors.pop(token, None)
+        future = self._pongs.pop(token, None)
+        if future is not None and not future.done():
+            if error is None:
+                future.set_result(None)
+            else:
+                future.set_exception(error)
+
+    def _on_error(self, error: Exception) -> None:
+        if not self._confirming:  # nothing of ours asked: the stream cannot be trusted
+            if self._link is not None:
+                self._link.abort(error)
+            return
+        self._errors.setdefault(self._confirming[0], error)
 
     def _on_push(self, reply: Any) -> None:
         if type(reply) is list and reply:
             self._dispatch(reply[0], reply)
+        elif type(reply) is bytes:  # a PING's reply while subscribed to nothing yet
+            self._pong(reply)
+
+    def _tick(self) -> None:
+        """Every ``health_check_interval``: PING a silent connection; give it up when
+        the PING sent last time is still unanswered."""
+        self._timer = None
+        link = self._link
+        if link is None or link.closed:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        sent = self._ping_sent
+        if sent is not None and link.last_read < sent:
+            if now - sent >= self._interval:
+                link.abort(
+                    redis_errors.TimeoutError(
+                        f"no answer to a PING within {self._interval}s on the subscription"
+                    )
+                )
+                return
+        else:
+            self._ping_sent = sent = None
+        if sent is None and now - link.last_read >= self._interval:
+            with contextlib.suppress(redis_errors.ConnectionError):
+                link.write([("PING",)])
+                self._ping_sent = now
+        self._timer = loop.call_later(self._interval, self._tick)
 
     async def stop(self, close: bool = True) -> None:
-        """Stop reading. ``close=False`` in a forked child: closing would unregister
-        the socket from the epoll instance it shares with the parent."""
+        """Stop reading; calls still waiting for a confirmation fail. ``close=False`` in
+        a forked child: closing would unregister the socket from the epoll instance it
+        shares with the parent."""
+        self._stopped = True
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        closed = redis_errors.ConnectionError("the subscription was closed")
+        for future in self._pongs.values():
+            if not future.done():
+                future.set_exception(closed)
         link, self._link = self._link, None
         if link is not None:
             link.on_lost = None
+            link.on_error = None
             link.on_push = _ignore
             if close:
                 link.close()

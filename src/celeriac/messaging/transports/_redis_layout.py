@@ -379,7 +379,8 @@ def decode_envelope(
         headers = envelope.get("headers") or {}
         if type(props) is not dict or type(headers) is not dict:
             raise TypeError("properties and headers must be objects")
-        # The transport's own properties leave the dict here (it is this call's own copy)
+        # The transport's own properties (_TRANSPORT_PROPERTIES) leave the dict here:
+        # it was parsed for this call alone.
         encoding = props.pop("body_encoding", None)
         info = props.pop("delivery_info", None) or {}
         if type(info) is not dict:

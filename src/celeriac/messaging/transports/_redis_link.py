@@ -234,20 +234,28 @@ class Link(asyncio.Protocol):
         self._fail(redis_errors.ConnectionError("the connection was closed"))
         self._transport = None
 
+    def abort(self, error: BaseException) -> None:
+        """Give up on the connection: calls still waiting fail with ``error``."""
+        self._fail(error)
+
 
 class PushLink(Link):
     """A :class:`Link` whose connection is subscribed: once :attr:`on_push` is set,
     every reply is a push (a message, a subscription's confirmation, a ``PONG``) and goes
     to it as it is read, within the loop's read callback.
 
-    A failure (the connection lost, a protocol error, an error reply, ``on_push``
-    raising) is reported once to :attr:`on_lost`; :meth:`close` reports nothing.
+    An error reply goes to :attr:`on_error` (it answers a command its owner sent), or
+    fails the connection where there is none. A failure (the connection lost, a protocol
+    error, ``on_push`` raising) is reported once to :attr:`on_lost`; :meth:`close`
+    reports nothing. :attr:`last_read` (loop time) lets the owner notice silence.
     """
 
     def __init__(self, timeout: float | None) -> None:
         super().__init__(timeout)
         self.on_push: Callable[[Any], None] | None = None
+        self.on_error: Callable[[Exception], None] | None = None
         self.on_lost: Callable[[BaseException], None] | None = None
+        self.last_read = self._loop.time()
 
     def write(self, commands: Sequence[Sequence[Any]]) -> None:
         """Send commands whose replies come as pushes."""
@@ -262,12 +270,17 @@ class PushLink(Link):
         if on_push is None:  # still setting up: replies answer calls
             super().data_received(data)
             return
+        self.last_read = self._loop.time()
         reader = self._reader
         try:
             reader.feed(data)
             while (reply := reader.gets()) is not False:
                 if isinstance(reply, hiredis.ReplyError):
-                    raise _parse_error(str(reply))
+                    error = _parse_error(str(reply))
+                    if self.on_error is None:
+                        raise error
+                    self.on_error(error)
+                    continue
                 on_push(reply)
         except hiredis.ProtocolError as exc:
             self._fail(redis_errors.ConnectionError(f"Redis protocol error: {exc}"))

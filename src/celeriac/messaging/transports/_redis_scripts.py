@@ -465,6 +465,8 @@ local P = ARGV[1]
     + r"""
 -- Fenced one by one, then removed with a few multi-member calls per batch: each call
 -- from a script costs about a microsecond of Redis's time, which was most of an ack.
+-- A tag is marked seen only once its claim passed the fence, so a stale duplicate
+-- (an older token) cannot hide the current one.
 local tags, records, seen = {}, {}, {}
 for i = 2, #ARGV, 2 do
   local tag = ARGV[i]

@@ -55,7 +55,8 @@ class _Link:
     def poll_for(self, seconds: float) -> bool:
         """Take what Redis sends within ``seconds`` without sleeping; True if anything
         came. For a socket with kernel timeouts only (a Python-level timeout would make
-        each receive wait)."""
+        each receive wait). Between polls the CPU is offered to whatever else is ready
+        on it: on a small host the worker and Redis, whom this call is waiting for."""
         sock = self.sock
         clock = time.perf_counter
         yield_cpu = os.sched_yield
@@ -91,6 +92,8 @@ class _Link:
             pass
 
 
+#: Polling needs both (neither exists on Windows).
+_CAN_POLL = hasattr(socket, "MSG_DONTWAIT") and hasattr(os, "sched_yield")
 #: Polls in a row that ended before Redis's reply came, after which polling stops...
 _SPIN_MISSES = 8
 #: ... for this many seconds (then it is tried again).
@@ -124,7 +127,7 @@ class SyncPublisher:
         self._idle: list[_Link] = []
         self._open = 0
         self._limit = int(self._kwargs.get("max_connections") or 50)
-        self._spin = spin if _cpus() > 1 else 0.0
+        self._spin = spin if _cpus() > 1 and _CAN_POLL else 0.0
         self._misses = 0
         self._spin_paused_until = 0.0
 

@@ -46,9 +46,11 @@ from typing import Any, ClassVar, cast
 
 import orjson
 from redis import asyncio as aioredis
+from redis import exceptions as redis_errors
 from redis.asyncio.sentinel import Sentinel
 
 from ...exceptions import (
+    BrokerConnectionError,
     ConfigurationError,
     ConnectionBrokenError,
     ConnectionClosedError,
@@ -189,6 +191,7 @@ class RedisTransport(Transport):
         #: Queue sets fetched together -> when their served mark is next renewed.
         self._presence_due: dict[tuple[str, ...], float] = {}
         self._said_doorbell_refused = False
+        self._said_doorbells_refused = False
         self._pid = os.getpid()
         self._forks = _forks
         self._rotation = 0
@@ -232,13 +235,16 @@ class RedisTransport(Transport):
         self._scripts = {
             name: client.register_script(getattr(scripts, name)) for name in scripts.__all__
         }
-        self._subscriber = Subscriber(client, self._on_fanout, self._on_ready, self._on_failure)
+        options = {**self.endpoint.kwargs, **self.settings.client}
+        if not self.endpoint.sentinels and plain_options(options):
+            self._subscriber = LinkSubscriber(
+                options, self.endpoint.db, self._on_fanout, self._on_ready, self._on_failure
+            )
+        else:
+            self._subscriber = Subscriber(
+                client, self._on_fanout, self._on_ready, self._on_failure
+            )
         if not self.endpoint.sentinels:
-            options = {**self.endpoint.kwargs, **self.settings.client}
-            if plain_options(options):
-                self._subscriber = LinkSubscriber(
-                    options, self.endpoint.db, self._on_fanout, self._on_ready, self._on_failure
-                )
             self._sync = SyncPublisher.for_client(
                 options,
                 self.endpoint.db,
@@ -610,6 +616,20 @@ class RedisTransport(Transport):
                 pipe.execute_command(*command)
             return cast(list[Any], await pipe.execute(raise_on_error=False))
 
+    def _doorbells_refused(self, exc: BaseException) -> None:
+        """This user may not listen to the doorbell channels: fetches find messages at
+        their polls (``polling_interval``) instead of at once. Said once."""
+        if not self._said_doorbells_refused:
+            self._said_doorbells_refused = True
+            logger.warning(
+                "broker %s refused to subscribe to doorbells (%s): workers find new "
+                "messages at their next poll (polling_interval) instead of at once; allow "
+                "this user the %s* channels",
+                self._where,
+                exc,
+                self.layout.ready_prefix,
+            )
+
     def _doorbell_refused(self, exc: BaseException) -> None:
         """The messages are stored; only the wake-up was refused (an ACL user without
         channel rights): workers find them at their next poll. Said once."""
@@ -679,8 +699,15 @@ class RedisTransport(Transport):
         names = list(queues)
         key = tuple(names)
         if key not in self._doorbells:
-            with self._map_errors():
-                await subscriber.subscribe(*(self.layout.ready_prefix + q for q in names))
+            try:
+                with self._map_errors():
+                    await subscriber.subscribe(*(self.layout.ready_prefix + q for q in names))
+            except BrokerConnectionError as exc:
+                if self._client is None:
+                    raise ConnectionClosedError(f"{self!r} was closed while fetching") from exc
+                if not isinstance(exc.__cause__, redis_errors.NoPermissionError):
+                    raise
+                self._doorbells_refused(exc.__cause__)
             if len(self._doorbells) > 64:
                 self._doorbells.clear()
             self._doorbells.add(key)
