@@ -87,6 +87,20 @@ class RedisServer:
         _kill(self.process)
         self.process = None
 
+    def user_url(self, name: str, **acl: object) -> str:
+        """Create ACL user ``name`` (password ``pw``; ``acl`` as redis-py's
+        ``acl_setuser`` takes it, every key and command unless given) and return a URL
+        that logs in as that user."""
+        import redis
+
+        rules: dict[str, object] = {"keys": ["*"], "commands": ["+@all"], **acl}
+        admin = redis.Redis.from_url(self.url)
+        try:
+            admin.acl_setuser(name, enabled=True, passwords=["+pw"], **rules)
+        finally:
+            admin.close()
+        return self.url.replace("redis://", f"redis://{name}:pw@")
+
     def restart(self, down_for: float = 0.0) -> None:
         self.stop()
         time.sleep(down_for)

@@ -158,12 +158,7 @@ def test_closing_ends_a_fetch_waiting_for_its_subscription(server: RedisServer) 
 def test_a_user_who_may_not_listen_to_doorbells_still_gets_messages(
     server: RedisServer, caplog: pytest.LogCaptureFixture
 ) -> None:
-    raw = redis.Redis.from_url(server.url)
-    raw.acl_setuser(
-        "nobells", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"],
-        reset_channels=True,
-    )  # fmt: skip
-    url = server.url.replace("redis://", "redis://nobells:pw@")
+    url = server.user_url("nobells", reset_channels=True)
 
     async def main() -> None:
         t = RedisTransport(url, {"polling_interval": 0.05})
@@ -187,7 +182,6 @@ def test_a_user_who_may_not_listen_to_doorbells_still_gets_messages(
     asyncio.run(main())
     said = [r.getMessage() for r in caplog.records if "refused to subscribe" in r.getMessage()]
     assert len(said) == 1 and "polling_interval" in said[0]
-    raw.close()
 
 
 def test_transport_call_that_stalls_past_socket_timeout_fails(server: RedisServer) -> None:

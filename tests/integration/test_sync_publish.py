@@ -237,14 +237,11 @@ def test_a_user_without_channel_rights_still_stores_each_call_once(
 ) -> None:
     # Given an ACL user that may write keys but not publish (Redis 7's default for new
     # users), so the doorbell after the push is refused
+    url = private_redis.user_url("pusher", commands=["+@all", "-publish"])
     admin = redis.Redis.from_url(private_redis.url)
-    admin.acl_setuser(
-        "pusher", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all", "-publish"]
-    )
     # (a message already waits, so the publish script of the first call, which declares
     # the queue, has no doorbell to ring)
     admin.lpush("celery", json.dumps({"headers": {"id": "waiting"}}))
-    url = private_redis.url.replace("redis://", "redis://pusher:pw@")
     app = make_app(url, "")
     add = app.tasks["syncpub.add"]
     try:
