@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from celeriac.exceptions import ConnectionBrokenError, ConnectionClosedError
-from celeriac.messaging import Message, Queue
+from celeriac.messaging import Exchange, Message, Queue
 from celeriac.messaging.transports.base import Outgoing
 
 from .redis_servers import RedisServer
@@ -167,6 +167,8 @@ def test_a_user_who_may_not_listen_to_doorbells_still_gets_messages(
         await publisher.connect()
         try:
             await t.declare_queue(Queue("work"))
+            # (nor to a fanout exchange's channel: said, and the queue is declared)
+            await t.declare_queue(Queue("bcast", Exchange("bcast", type="fanout")))
             # When a fetch cannot subscribe to its doorbell (ACL: no channels)
             assert await t.fetch(["work"], 10, 0.05) == []
             await publisher.publish([Outgoing(_message(b"one"), "", "work")])
@@ -181,7 +183,35 @@ def test_a_user_who_may_not_listen_to_doorbells_still_gets_messages(
 
     asyncio.run(main())
     said = [r.getMessage() for r in caplog.records if "refused to subscribe" in r.getMessage()]
-    assert len(said) == 1 and "polling_interval" in said[0]
+    assert len(said) == 2
+    assert "fanout channels" in said[0] and "polling_interval" in said[1]
+
+
+def test_a_refusal_answering_a_cancelled_subscription_is_not_anothers(
+    server: RedisServer,
+) -> None:
+    url = server.user_url("nobells", reset_channels=True)
+
+    async def main() -> None:
+        t = RedisTransport(url, {"polling_interval": 0.05})
+        await t.connect()
+        try:
+            await t.declare_queue(Queue("work"))
+            assert await t.fetch(["other"], 10, 0.05) == []  # refused: the link is open
+            # Given a doorbell subscription cancelled as soon as it is sent (before its
+            # refusal is read), and another confirmation sent right after it
+            fetch = asyncio.ensure_future(t.fetch(["work"], 10, 1.0))
+            await asyncio.sleep(0)
+            fetch.cancel()
+            # When Redis answers both
+            await t._subscriber.sync()
+            # Then Redis's refusal of the cancelled one is not taken for this one's,
+            # and the subscription is still up
+            assert t.is_connected
+        finally:
+            await t.close()
+
+    asyncio.run(main())
 
 
 def test_transport_call_that_stalls_past_socket_timeout_fails(server: RedisServer) -> None:

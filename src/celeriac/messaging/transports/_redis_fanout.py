@@ -280,6 +280,8 @@ class LinkSubscriber(_Subscriptions):
             link.on_error = self._on_error
             link.on_lost = self._failed
             self._link = link
+            if link.failure is not None:  # lost before it could say so
+                self._failed(link.failure)
             if self._interval:
                 self._timer = asyncio.get_running_loop().call_later(self._interval, self._tick)
         await self._confirm(link, [(command, *names)], self._confirm_within)
@@ -315,15 +317,18 @@ class LinkSubscriber(_Subscriptions):
             link.abort(error)  # replies can no longer be matched: reported as lost
             raise error from None
         finally:
+            # The token keeps its place in _confirming until its PONG comes (a cancelled
+            # call's commands are still on the wire, and so may be an error reply to them)
             self._pongs.pop(token, None)
-            self._errors.pop(token, None)
-            with contextlib.suppress(ValueError):
-                self._confirming.remove(token)
 
     def _pong(self, token: bytes) -> None:
-        if self._confirming and self._confirming[0] == token:
-            self._confirming.popleft()
-        error = self._errors.pop(token, None)
+        error = None
+        if token in self._confirming:
+            while True:  # confirmations answer in order; earlier ones were abandoned
+                done = self._confirming.popleft()
+                error = self._errors.pop(done, None)
+                if done == token:
+                    break
         future = self._pongs.pop(token, None)
         if future is not None and not future.done():
             if error is None:

@@ -274,7 +274,7 @@ class PushLink(Link):
         reader = self._reader
         try:
             reader.feed(data)
-            while (reply := reader.gets()) is not False:
+            while self.failure is None and (reply := reader.gets()) is not False:
                 if isinstance(reply, hiredis.ReplyError):
                     error = _parse_error(str(reply))
                     if self.on_error is None:

@@ -192,6 +192,7 @@ class RedisTransport(Transport):
         self._presence_due: dict[tuple[str, ...], float] = {}
         self._said_doorbell_refused = False
         self._said_doorbells_refused = False
+        self._said_fanout_refused = False
         self._pid = os.getpid()
         self._forks = _forks
         self._rotation = 0
@@ -270,8 +271,7 @@ class RedisTransport(Transport):
             for p in self.layout.fanout_patterns(ex, key)
         ]
         if patterns:  # reconnected: listen again to what local queues are bound to
-            with self._map_errors():
-                await self._subscriber.psubscribe(*patterns)
+            await self._psubscribe(patterns)
 
     def _new_client(self) -> aioredis.Redis:
         kwargs = {**self.endpoint.kwargs, **self.settings.client}
@@ -502,9 +502,28 @@ class RedisTransport(Transport):
             if (key, queue) not in routes:
                 routes.append((key, queue))
             patterns.extend(self.layout.fanout_patterns(exchange, key))
+        await self._psubscribe(patterns)
+
+    async def _psubscribe(self, patterns: list[str]) -> None:
+        """Listen to fanout channels; where an ACL refuses them, say so once and go on
+        (the queues' other messages still flow)."""
         assert self._subscriber is not None
-        with self._map_errors():
-            await self._subscriber.psubscribe(*patterns)
+        try:
+            with self._map_errors():
+                await self._subscriber.psubscribe(*patterns)
+        except BrokerConnectionError as exc:
+            if not isinstance(exc.__cause__, redis_errors.NoPermissionError):
+                raise
+            if not self._said_fanout_refused:
+                self._said_fanout_refused = True
+                logger.warning(
+                    "broker %s refused to subscribe to fanout channels (%s): broadcasts "
+                    "(remote control, events) do not reach this connection's queues; "
+                    "allow this user the channels %s",
+                    self._where,
+                    exc.__cause__,
+                    ", ".join(patterns),
+                )
 
     async def delete_queue(self, name: str) -> None:
         self._plain.discard(name)
