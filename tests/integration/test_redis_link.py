@@ -184,7 +184,45 @@ def test_a_user_who_may_not_listen_to_doorbells_still_gets_messages(
     asyncio.run(main())
     said = [r.getMessage() for r in caplog.records if "refused to subscribe" in r.getMessage()]
     assert len(said) == 2
-    assert "fanout channels" in said[0] and "polling_interval" in said[1]
+    assert "fanout channels /0.bcast" in said[0] and "polling_interval" in said[1]
+
+
+def test_after_a_reconnect_the_allowed_fanout_channels_still_arrive(
+    server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    raw = redis.Redis.from_url(server.url)
+    # Given a user allowed the channels of fanout exchange "ok" only (as PSUBSCRIBE
+    # patterns are checked: literally)
+    allowed = list(RedisTransport(server.url).layout.fanout_patterns("ok", ""))
+    url = server.user_url("somechannels", reset_channels=True, channels=allowed)
+
+    async def main() -> None:
+        t = RedisTransport(url)
+        publisher = RedisTransport(server.url)
+        await t.connect()
+        await publisher.connect()
+        try:
+            await t.declare_queue(Queue("okq", Exchange("ok", type="fanout")))
+            await t.declare_queue(Queue("noq", Exchange("no", type="fanout")))
+            # When the subscription is lost and the transport reconnects (which listens
+            # again to both exchanges at once)
+            _kill_connection(raw, t._subscriber._link)
+            await asyncio.sleep(0.05)
+            assert not t.is_connected
+            await t.connect()
+            # Then the allowed exchange's broadcasts still arrive
+            await t.fetch(["okq"], 10, 0.05)
+            await publisher.publish([Outgoing(_message(b"hello"), "ok", "")])
+            got = await t.fetch(["okq"], 10, 2.0)
+            assert [m.body for m in got] == [b"hello"]
+        finally:
+            await t.close()
+            await publisher.close()
+
+    asyncio.run(main())
+    raw.close()
+    said = [r.getMessage() for r in caplog.records if "fanout channels" in r.getMessage()]
+    assert len(said) == 1 and "/0.no" in said[0] and "/0.ok" not in said[0]
 
 
 def test_a_refusal_answering_a_cancelled_subscription_is_not_anothers(

@@ -336,6 +336,11 @@ class LinkSubscriber(_Subscriptions):
             else:
                 future.set_exception(error)
 
+    def _failed(self, exc: BaseException) -> None:
+        self._confirming.clear()  # no answer will come on this connection
+        self._errors.clear()
+        super()._failed(exc)
+
     def _on_error(self, error: Exception) -> None:
         if not self._confirming:  # nothing of ours asked: the stream cannot be trusted
             if self._link is not None:
@@ -383,6 +388,8 @@ class LinkSubscriber(_Subscriptions):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._confirming.clear()
+        self._errors.clear()
         closed = redis_errors.ConnectionError("the subscription was closed")
         for future in self._pongs.values():
             if not future.done():

@@ -192,7 +192,8 @@ class RedisTransport(Transport):
         self._presence_due: dict[tuple[str, ...], float] = {}
         self._said_doorbell_refused = False
         self._said_doorbells_refused = False
-        self._said_fanout_refused = False
+        #: Fanout patterns an ACL refused (each said once).
+        self._fanout_refused: set[str] = set()
         self._pid = os.getpid()
         self._forks = _forks
         self._rotation = 0
@@ -505,25 +506,43 @@ class RedisTransport(Transport):
         await self._psubscribe(patterns)
 
     async def _psubscribe(self, patterns: list[str]) -> None:
-        """Listen to fanout channels; where an ACL refuses them, say so once and go on
-        (the queues' other messages still flow)."""
+        """Listen to fanout channels; those an ACL refuses are said once each and left
+        (the queues' other messages still flow). Redis refuses a whole PSUBSCRIBE for
+        one refused pattern, so after a refusal each pattern is tried alone."""
+        assert self._subscriber is not None
+        try:
+            await self._psubscribe_or_refused(patterns)
+            return
+        except _Refused:
+            refused = []
+            if len(patterns) == 1:
+                refused = patterns
+            else:
+                for pattern in patterns:
+                    try:
+                        await self._psubscribe_or_refused([pattern])
+                    except _Refused:
+                        refused.append(pattern)
+        new = [p for p in refused if p not in self._fanout_refused]
+        if new:
+            self._fanout_refused.update(new)
+            logger.warning(
+                "broker %s refused to subscribe to fanout channels %s: broadcasts "
+                "(remote control, events) on them do not reach this connection's queues; "
+                "allow this user those channels",
+                self._where,
+                ", ".join(new),
+            )
+
+    async def _psubscribe_or_refused(self, patterns: list[str]) -> None:
         assert self._subscriber is not None
         try:
             with self._map_errors():
                 await self._subscriber.psubscribe(*patterns)
         except BrokerConnectionError as exc:
-            if not isinstance(exc.__cause__, redis_errors.NoPermissionError):
-                raise
-            if not self._said_fanout_refused:
-                self._said_fanout_refused = True
-                logger.warning(
-                    "broker %s refused to subscribe to fanout channels (%s): broadcasts "
-                    "(remote control, events) do not reach this connection's queues; "
-                    "allow this user the channels %s",
-                    self._where,
-                    exc.__cause__,
-                    ", ".join(patterns),
-                )
+            if isinstance(exc.__cause__, redis_errors.NoPermissionError):
+                raise _Refused from exc
+            raise
 
     async def delete_queue(self, name: str) -> None:
         self._plain.discard(name)
@@ -1036,6 +1055,10 @@ def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
             out += row
             k, x, r, s, n, c = kind, exchange, rk, step, nb, channel
     return out
+
+
+class _Refused(Exception):
+    """An ACL refused a subscription."""
 
 
 def _receipts(transport: RedisTransport, messages: Sequence[Message]) -> list[Any]:
