@@ -279,6 +279,46 @@ def test_rediss_url_verifies_the_server_certificate(tmp_path: Path) -> None:
         server.stop()
 
 
+def test_over_tls_a_user_refused_the_doorbells_still_gets_messages(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = TlsRedisServer(tmp_path).start()
+    try:
+        # Given a user whom an ACL allows no channels, over TLS (redis-py's subscriber)
+        admin = redis.Redis(
+            host="127.0.0.1", port=server.port, ssl=True, ssl_ca_certs=str(server.ca)
+        )
+        admin.acl_setuser(
+            "nobells", enabled=True, passwords=["+pw"], keys=["*"], commands=["+@all"],
+            reset_channels=True,
+        )  # fmt: skip
+        admin.close()
+        tls = f"127.0.0.1:{server.port}/0?ssl_cert_reqs=required&ssl_ca_certs={server.ca}"
+
+        async def main() -> None:
+            t = await opened(f"rediss://nobells:pw@{tls}", polling_interval=0.05)
+            publisher = await opened(f"rediss://{tls}")
+            try:
+                await t.declare_queue(Queue("work"))
+                # When its fetch's doorbell subscription is refused
+                assert await t.fetch(["work"], 10, 0.2) == []
+                await publisher.publish([Outgoing(message(b"one"), "", "work")])
+                # Then the fetch finds the message at its next poll; the connection stays
+                got = await t.fetch(["work"], 10, 2.0)
+                assert [m.body for m in got] == [b"one"]
+                await t.ack(got)
+                assert t.is_connected
+            finally:
+                await t.close()
+                await publisher.close()
+
+        run(main())
+    finally:
+        server.stop()
+    said = [r.getMessage() for r in caplog.records if "refused to subscribe" in r.getMessage()]
+    assert len(said) == 1 and "polling_interval" in said[0]
+
+
 def test_sentinel_url_finds_the_master(tmp_path: Path, private_redis: RedisServer) -> None:
     sentinel = SentinelServer(tmp_path, private_redis.port).start()
     try:

@@ -143,6 +143,8 @@ class Subscriber(_Subscriptions):
 
     Args:
         client: The transport's client; the subscriber takes a connection from its pool.
+        on_refused: Called with Redis's answer when an ACL refuses a channel (the
+            subscription goes on without it).
     """
 
     def __init__(
@@ -151,9 +153,11 @@ class Subscriber(_Subscriptions):
         on_fanout: Callable[[str, bytes], None],
         on_ready: Callable[[str], None],
         on_failure: Callable[[BaseException], None],
+        on_refused: Callable[[BaseException], None],
     ) -> None:
         super().__init__(on_fanout, on_ready, on_failure)
         self._client = client
+        self._refused = on_refused
         self._pubsub: PubSub | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -195,9 +199,15 @@ class Subscriber(_Subscriptions):
         assert pubsub is not None
         try:
             while True:
-                message = await pubsub.get_message(
-                    ignore_subscribe_messages=True, timeout=_READ_TIMEOUT
-                )
+                try:
+                    message = await pubsub.get_message(
+                        ignore_subscribe_messages=True, timeout=_READ_TIMEOUT
+                    )
+                except redis_errors.NoPermissionError as exc:
+                    # An ACL refused a channel; the connection is fine. redis-py sends
+                    # (un)subscriptions without reading their answers, so it is read here.
+                    self._refused(exc)
+                    continue
                 if message is None:
                     continue
                 kind = message["type"]

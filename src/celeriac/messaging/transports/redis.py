@@ -192,6 +192,7 @@ class RedisTransport(Transport):
         self._presence_due: dict[tuple[str, ...], float] = {}
         self._said_doorbell_refused = False
         self._said_doorbells_refused = False
+        self._said_refused_late = False
         #: Fanout patterns an ACL refused (each said once).
         self._fanout_refused: set[str] = set()
         self._pid = os.getpid()
@@ -244,7 +245,7 @@ class RedisTransport(Transport):
             )
         else:
             self._subscriber = Subscriber(
-                client, self._on_fanout, self._on_ready, self._on_failure
+                client, self._on_fanout, self._on_ready, self._on_failure, self._refused_late
             )
         if not self.endpoint.sentinels:
             self._sync = SyncPublisher.for_client(
@@ -663,6 +664,21 @@ class RedisTransport(Transport):
                 "broker %s refused to subscribe to doorbells (%s): workers find new "
                 "messages at their next poll (polling_interval) instead of at once; allow "
                 "this user the %s* channels",
+                self._where,
+                exc,
+                self.layout.ready_prefix,
+            )
+
+    def _refused_late(self, exc: BaseException) -> None:
+        """redis-py's subscriber learns of a refused channel only when it reads on; it
+        cannot tell which (un)subscription it answers. Said once."""
+        if not self._said_refused_late:
+            self._said_refused_late = True
+            logger.warning(
+                "broker %s refused to subscribe to a channel (%s): doorbells (new "
+                "messages are found at the next poll, polling_interval) or broadcasts "
+                "(remote control, events) on it do not arrive; allow this user the "
+                "%s* and fanout channels",
                 self._where,
                 exc,
                 self.layout.ready_prefix,
