@@ -143,8 +143,9 @@ class Subscriber(_Subscriptions):
 
     Args:
         client: The transport's client; the subscriber takes a connection from its pool.
-        on_refused: Called with Redis's answer when an ACL refuses a channel (the
-            subscription goes on without it).
+        on_refused: Called with Redis's answer when an ACL refuses an (un)subscription
+            (the whole command, which may have named allowed channels too); the other
+            subscriptions go on.
     """
 
     def __init__(
@@ -204,8 +205,13 @@ class Subscriber(_Subscriptions):
                         ignore_subscribe_messages=True, timeout=_READ_TIMEOUT
                     )
                 except redis_errors.NoPermissionError as exc:
-                    # An ACL refused a channel; the connection is fine. redis-py sends
-                    # (un)subscriptions without reading their answers, so it is read here.
+                    # An ACL refused an (un)subscription: redis-py sends them without
+                    # reading their answers, so the refusal is read here. Redis refuses
+                    # the whole command, and the connection goes on. (A refusal while
+                    # reconnecting, in the handshake, leaves no connection: a failure.)
+                    connection = pubsub.connection
+                    if connection is None or not connection.is_connected:
+                        raise
                     self._refused(exc)
                     continue
                 if message is None:
