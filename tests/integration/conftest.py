@@ -130,3 +130,19 @@ def queue_length(app: Any, name: str) -> int:
         return int(await conn.transport.queue_length(name))
 
     return portal.run(length())
+
+
+async def fetch_polls_past_refused_doorbells(t: Transport, publisher: Transport) -> None:
+    """For a transport whose user may not subscribe to doorbells: a fetch still finds a
+    message published after it started waiting (at a poll), and the connection stays."""
+    from celeriac.messaging import Message, Queue
+    from celeriac.messaging.transports.base import Outgoing
+
+    await t.declare_queue(Queue("work"))
+    assert await t.fetch(["work"], 10, 0.2) == []  # its doorbell subscription is refused
+    body = Message(b"one", {"id": "one"}, {}, "application/json", "utf-8")
+    await publisher.publish([Outgoing(body, "", "work")])
+    got = await t.fetch(["work"], 10, 2.0)
+    assert [m.body for m in got] == [b"one"]
+    await t.ack(got)
+    assert t.is_connected

@@ -19,7 +19,7 @@ from celeriac.messaging import Connection, Consumer, Exchange, Message, Queue
 from celeriac.messaging.transports.base import Outgoing
 from tests.redis_keys import delete_matching
 
-from .conftest import require_transport
+from .conftest import fetch_polls_past_refused_doorbells, require_transport
 from .redis_servers import RedisServer, SentinelServer, TlsRedisServer
 
 pytestmark = pytest.mark.redis
@@ -299,15 +299,7 @@ def test_over_tls_a_user_refused_the_doorbells_still_gets_messages(
             t = await opened(f"rediss://nobells:pw@{tls}", polling_interval=0.05)
             publisher = await opened(f"rediss://{tls}")
             try:
-                await t.declare_queue(Queue("work"))
-                # When its fetch's doorbell subscription is refused
-                assert await t.fetch(["work"], 10, 0.2) == []
-                await publisher.publish([Outgoing(message(b"one"), "", "work")])
-                # Then the fetch finds the message at its next poll; the connection stays
-                got = await t.fetch(["work"], 10, 2.0)
-                assert [m.body for m in got] == [b"one"]
-                await t.ack(got)
-                assert t.is_connected
+                await fetch_polls_past_refused_doorbells(t, publisher)
             finally:
                 await t.close()
                 await publisher.close()
