@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from redis import exceptions as redis_errors
@@ -121,14 +121,6 @@ class _Subscriptions:
             if not future.done():
                 future.set_exception(exc)
         self._on_failure(exc)
-
-    def _dispatch(self, kind: bytes, reply: Sequence[Any]) -> None:
-        if kind == b"pmessage":
-            self._on_fanout(_text(reply[2]), reply[3])
-        elif kind == b"message":
-            self._on_ready(_text(reply[1]))
-        elif kind == b"pong":
-            self._pong(reply[1])
 
     async def _change(self, command: str, names: list[str]) -> None:
         raise NotImplementedError
@@ -366,7 +358,13 @@ class LinkSubscriber(_Subscriptions):
 
     def _on_push(self, reply: Any) -> None:
         if type(reply) is list and reply:
-            self._dispatch(reply[0], reply)
+            kind = reply[0]
+            if kind == b"pmessage":
+                self._on_fanout(_text(reply[2]), reply[3])
+            elif kind == b"message":
+                self._on_ready(_text(reply[1]))
+            elif kind == b"pong":
+                self._pong(reply[1])
         elif type(reply) is bytes:  # a PING's reply while subscribed to nothing yet
             self._pong(reply)
 
@@ -380,7 +378,9 @@ class LinkSubscriber(_Subscriptions):
         loop = asyncio.get_running_loop()
         now = loop.time()
         sent = self._ping_sent
-        if sent is not None and link.last_read < sent:
+        if sent is not None and link.last_read >= sent:
+            sent = None  # answered (anything read since counts)
+        if sent is not None:
             if now - sent >= self._interval:
                 link.abort(
                     redis_errors.TimeoutError(
@@ -388,12 +388,11 @@ class LinkSubscriber(_Subscriptions):
                     )
                 )
                 return
-        else:
-            self._ping_sent = sent = None
-        if sent is None and now - link.last_read >= self._interval:
+        elif now - link.last_read >= self._interval:
             with contextlib.suppress(redis_errors.ConnectionError):
                 link.write([("PING",)])
-                self._ping_sent = now
+                sent = now
+        self._ping_sent = sent
         self._timer = loop.call_later(self._interval, self._tick)
 
     async def stop(self, close: bool = True) -> None:

@@ -162,18 +162,21 @@ class Link(asyncio.Protocol):
             return await self.call("EVAL", source, len(keys), *keys, *args)
 
     def _send(self, commands: Sequence[Sequence[Any]]) -> asyncio.Future[list[Any]]:
+        future: asyncio.Future[list[Any]] = self._loop.create_future()
+        entry = [future, len(commands), [], self._loop.time()]
+        self._write(commands)
+        self._pending.append(entry)
+        if self._watch is None and self._timeout is not None:
+            self._watch = self._loop.call_later(self._timeout, self._check_timeout)
+        return future
+
+    def _write(self, commands: Sequence[Sequence[Any]]) -> None:
+        """Pack the commands with hiredis and send them in one write."""
         transport = self._transport
         if transport is None or self.failure is not None:
             raise redis_errors.ConnectionError(f"Redis connection lost: {self.failure}")
         pack = hiredis.pack_command
-        data = b"".join([pack(tuple(c)) for c in commands])
-        future: asyncio.Future[list[Any]] = self._loop.create_future()
-        pending = self._pending
-        pending.append([future, len(commands), [], self._loop.time()])
-        transport.write(data)
-        if self._watch is None and self._timeout is not None:
-            self._watch = self._loop.call_later(self._timeout, self._check_timeout)
-        return future
+        transport.write(b"".join([pack(tuple(c)) for c in commands]))
 
     def _check_timeout(self) -> None:
         self._watch = None
@@ -259,11 +262,7 @@ class PushLink(Link):
 
     def write(self, commands: Sequence[Sequence[Any]]) -> None:
         """Send commands whose replies come as pushes."""
-        transport = self._transport
-        if transport is None or self.failure is not None:
-            raise redis_errors.ConnectionError(f"Redis connection lost: {self.failure}")
-        pack = hiredis.pack_command
-        transport.write(b"".join([pack(tuple(c)) for c in commands]))
+        self._write(commands)
 
     def data_received(self, data: bytes) -> None:
         on_push = self.on_push

@@ -41,7 +41,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
 import orjson
@@ -190,11 +190,8 @@ class RedisTransport(Transport):
         self._plain: set[str] = set()
         #: Queue sets fetched together -> when their served mark is next renewed.
         self._presence_due: dict[tuple[str, ...], float] = {}
-        self._said_doorbell_refused = False
-        self._said_doorbells_refused = False
-        self._said_refused_late = False
-        #: Fanout patterns an ACL refused (each said once).
-        self._fanout_refused: set[str] = set()
+        #: What an ACL refused and was said already (see ``_say_once``).
+        self._said: set[Any] = set()
         self._pid = os.getpid()
         self._forks = _forks
         self._rotation = 0
@@ -508,25 +505,12 @@ class RedisTransport(Transport):
 
     async def _psubscribe(self, patterns: list[str]) -> None:
         """Listen to fanout channels; those an ACL refuses are said once each and left
-        (the queues' other messages still flow). Redis refuses a whole PSUBSCRIBE for
-        one refused pattern, so after a refusal each pattern is tried alone."""
+        (the queues' other messages still flow)."""
         assert self._subscriber is not None
-        try:
-            await self._psubscribe_or_refused(patterns)
-            return
-        except _Refused:
-            refused = []
-            if len(patterns) == 1:
-                refused = patterns
-            else:
-                for pattern in patterns:
-                    try:
-                        await self._psubscribe_or_refused([pattern])
-                    except _Refused:
-                        refused.append(pattern)
-        new = [p for p in refused if p not in self._fanout_refused]
+        refused = await self._refused(self._subscriber.psubscribe, patterns)
+        new = [p for p in refused if ("fanout", p) not in self._said]
         if new:
-            self._fanout_refused.update(new)
+            self._said.update(("fanout", p) for p in new)
             logger.warning(
                 "broker %s refused to subscribe to fanout channels %s: broadcasts "
                 "(remote control, events) on them do not reach this connection's queues; "
@@ -535,14 +519,28 @@ class RedisTransport(Transport):
                 ", ".join(new),
             )
 
-    async def _psubscribe_or_refused(self, patterns: list[str]) -> None:
-        assert self._subscriber is not None
+    async def _refused(
+        self, listen: Callable[..., Awaitable[Any]], names: list[str]
+    ) -> list[str]:
+        """``listen(*names)``; the names an ACL refuses. Redis refuses a whole
+        (P)SUBSCRIBE for one refused name, so after a refusal each is tried alone."""
+        try:
+            await self._listen(listen, names)
+            return []
+        except _Refused:
+            if len(names) == 1:
+                return names
+        return [n for name in names for n in await self._refused(listen, [name])]
+
+    async def _listen(self, listen: Callable[..., Awaitable[Any]], names: list[str]) -> None:
+        """``listen(*names)`` (a subscriber's (p)subscribe) with celeriac's errors; an
+        ACL's refusal raises :class:`_Refused`."""
         try:
             with self._map_errors():
-                await self._subscriber.psubscribe(*patterns)
+                await listen(*names)
         except BrokerConnectionError as exc:
             if isinstance(exc.__cause__, redis_errors.NoPermissionError):
-                raise _Refused from exc
+                raise _Refused(exc.__cause__) from exc
             raise
 
     async def delete_queue(self, name: str) -> None:
@@ -655,48 +653,35 @@ class RedisTransport(Transport):
                 pipe.execute_command(*command)
             return cast(list[Any], await pipe.execute(raise_on_error=False))
 
-    def _doorbells_refused(self, exc: BaseException) -> None:
-        """This user may not listen to the doorbell channels: fetches find messages at
-        their polls (``polling_interval``) instead of at once. Said once."""
-        if not self._said_doorbells_refused:
-            self._said_doorbells_refused = True
-            logger.warning(
-                "broker %s refused to subscribe to doorbells (%s): workers find new "
-                "messages at their next poll (polling_interval) instead of at once; allow "
-                "this user the %s* channels",
-                self._where,
-                exc,
-                self.layout.ready_prefix,
-            )
+    def _say_once(self, what: str, message: str, *args: Any) -> None:
+        """Warn of an ACL's refusal once per transport (it stays refused)."""
+        if what not in self._said:
+            self._said.add(what)
+            logger.warning(message, self._where, *args)
 
     def _refused_late(self, exc: BaseException) -> None:
         """redis-py's subscriber learns of a refused channel only when it reads on; it
-        cannot tell which (un)subscription it answers. Said once."""
-        if not self._said_refused_late:
-            self._said_refused_late = True
-            logger.warning(
-                "broker %s refused to subscribe to a channel (%s): doorbells (new "
-                "messages are found at the next poll, polling_interval) or broadcasts "
-                "(remote control, events) on it do not arrive; allow this user the "
-                "%s* and fanout channels",
-                self._where,
-                exc,
-                self.layout.ready_prefix,
-            )
+        cannot tell which (un)subscription it answers."""
+        self._say_once(
+            "channel",
+            "broker %s refused to subscribe to a channel (%s): doorbells (new messages are "
+            "found at the next poll, polling_interval) or broadcasts (remote control, "
+            "events) on it do not arrive; allow this user the %s* and fanout channels",
+            exc,
+            self.layout.ready_prefix,
+        )
 
     def _doorbell_refused(self, exc: BaseException) -> None:
         """The messages are stored; only the wake-up was refused (an ACL user without
-        channel rights): workers find them at their next poll. Said once."""
-        if not self._said_doorbell_refused:
-            self._said_doorbell_refused = True
-            logger.warning(
-                "broker %s refused a doorbell PUBLISH (%s): messages are stored, and "
-                "workers find them at their next poll (polling_interval) instead of at "
-                "once; allow this user to publish to %s* channels",
-                self._where,
-                exc,
-                self.layout.ready_prefix,
-            )
+        channel rights): workers find them at their next poll."""
+        self._say_once(
+            "doorbell publish",
+            "broker %s refused a doorbell PUBLISH (%s): messages are stored, and workers "
+            "find them at their next poll (polling_interval) instead of at once; allow "
+            "this user to publish to %s* channels",
+            exc,
+            self.layout.ready_prefix,
+        )
 
     def _plain_entry(self, out: Outgoing, keys: dict[tuple[str, int], str]) -> tuple[str, bytes]:
         """The list a message for a plain queue goes to (looked up in ``keys``, the lists
@@ -753,15 +738,22 @@ class RedisTransport(Transport):
         names = list(queues)
         key = tuple(names)
         if key not in self._doorbells:
+            bells = [self.layout.ready_prefix + q for q in names]
             try:
-                with self._map_errors():
-                    await subscriber.subscribe(*(self.layout.ready_prefix + q for q in names))
+                await self._listen(subscriber.subscribe, bells)
+            except _Refused as refused:  # fetches find new messages at their polls
+                self._say_once(
+                    "doorbells",
+                    "broker %s refused to subscribe to doorbells (%s): workers find new "
+                    "messages at their next poll (polling_interval) instead of at once; "
+                    "allow this user the %s* channels",
+                    refused,
+                    self.layout.ready_prefix,
+                )
             except BrokerConnectionError as exc:
                 if self._client is None:
                     raise ConnectionClosedError(f"{self!r} was closed while fetching") from exc
-                if not isinstance(exc.__cause__, redis_errors.NoPermissionError):
-                    raise
-                self._doorbells_refused(exc.__cause__)
+                raise
             if len(self._doorbells) > 64:
                 self._doorbells.clear()
             self._doorbells.add(key)
