@@ -8,6 +8,9 @@ groups; executions are counted outside them (:mod:`_redis_counter`).
 Messages for the drain and memory figures are queued with celeriac's bulk publish on both
 sides: the workers read the same bytes (celeriac writes Celery's wire format), and
 queueing 20,000 tasks with Celery's ``delay()`` would take longer than draining them.
+
+The round-trip figure's floor (:func:`relay_floor`) is neither side: LPUSH + BRPOP through
+a bare redis-py relay process (:mod:`_redis_relay`), what the host allows any Redis queue.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ import redis
 
 import _compare_celeriac
 import _redis_counter
+import _redis_relay
 
 #: Directory of the benchmark scripts; worker subprocesses import the app modules from it.
 BENCH_DIR = Path(__file__).resolve().parent
@@ -356,7 +360,7 @@ RSS_WARMUP = 50_000
 #: Seconds between the last execution and an RSS reading: the pool returns its last
 #: results, and a celeriac worker gives freed heap back once idle for 0.25 s (its Memory
 #: step); both readings, before and after the run, are taken the same way.
-SETTLE = 1.0
+RSS_SETTLE = 1.0
 
 
 @dataclass
@@ -426,17 +430,71 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
                 bulk_publish(feeder, name, RSS_WARMUP, batch)
                 executed += RSS_WARMUP
                 wait_for(broker, worker, executed, drain_timeout(RSS_WARMUP))
-                time.sleep(SETTLE)
+                time.sleep(RSS_SETTLE)
                 session.rss_warm = worker.rss()
                 bulk_publish(feeder, name, rss_n, batch)
             finally:
                 feeder.close()
             executed += rss_n
             wait_for(broker, worker, executed, drain_timeout(rss_n))
-            time.sleep(SETTLE)
+            time.sleep(RSS_SETTLE)
             session.rss_after = worker.rss()
             session.tasks = rss_n
     finally:
         worker.stop()
     return session
 
+
+# -- the floor: a raw redis-py relay ---------------------------------------------------------
+
+#: Keys of the relay's requests and replies, in the (flushed) broker database.
+RELAY_REQUEST = "bench:relay:request"
+RELAY_REPLY = "bench:relay:reply"
+
+
+def spawn_relay(broker: Broker) -> Worker:
+    """Start ``_redis_relay.py`` on the broker's database, like a worker (own group)."""
+    args = [sys.executable, str(BENCH_DIR / "_redis_relay.py"), broker.url, RELAY_REQUEST,
+            RELAY_REPLY]
+    fd, log_name = tempfile.mkstemp(prefix="compare-relay-", suffix=".log")
+    with os.fdopen(fd, "wb") as out:
+        started = time.time()
+        popen = subprocess.Popen(args, cwd=BENCH_DIR, stdout=out, stderr=subprocess.STDOUT,
+                                 stdin=subprocess.DEVNULL, start_new_session=True)
+    return Worker("relay", popen, Path(log_name), started, args)
+
+
+def relay_floor(broker: Broker, trips: int) -> Session:
+    """Time ``trips`` sequential ``LPUSH`` + ``BRPOP`` through :mod:`_redis_relay`: the
+    round trip the host allows any Redis-based queue (lower bound of ``delay().get()``)."""
+    broker.reset()
+    session = Session()
+    relay = spawn_relay(broker)
+    conn = redis.Redis.from_url(broker.url)
+    try:
+
+        def trip(timeout: float) -> None:
+            conn.lpush(RELAY_REQUEST, b"x")
+            if conn.brpop([RELAY_REPLY], timeout=timeout) is None:
+                broker.check_untouched()
+                raise BenchError(f"the relay never answered within {timeout:g} s "
+                                 f"(exit code {relay.popen.poll()}):\n{relay.tail()}")
+
+        trip(60)  # the first trip also waits for the relay to start
+        for _ in range(20):
+            trip(10)
+        clock = time.perf_counter
+        for _ in range(trips):
+            started = clock()
+            trip(10)
+            session.latencies.append((clock() - started) * 1000)
+        broker.check_untouched()
+        conn.lpush(RELAY_REQUEST, _redis_relay.STOP)
+        try:
+            relay.popen.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    finally:
+        conn.close()
+        relay.stop()
+    return session

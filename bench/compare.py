@@ -15,7 +15,10 @@ Figures (``--figures``, default all):
   ``await task.adelay()`` from async code (celeriac), and of celeriac's bulk path
   (``app.build_outgoing`` + ``Producer.publish_many``, ``--batch`` messages per call).
 * ``roundtrip``: p50/p99 of ``--trips`` sequential ``delay().get()`` on an idle worker
-  (results stored in Redis, read back through each side's own result client).
+  (results stored in Redis, read back through each side's own result client). A "floor"
+  row, measured in the same runs, times ``LPUSH`` + ``BRPOP`` round trips through a bare
+  redis-py relay process (``_redis_relay.py``): what this host allows any Redis-based queue,
+  since its speed varies from day to day; each side's p50 is also shown "x floor".
 * ``rss``: resident memory of the worker and its pool processes once it has started
   (after 21 warm-up calls), and after ``--rss-n`` more no-op tasks; the same worker run as
   ``roundtrip``. ``--rss-n 1000000`` for issue 4's figure.
@@ -223,6 +226,10 @@ def build_cells(args: argparse.Namespace, brokers: Brokers) -> dict[str, list[Ce
     if idle and "redis" in transports:
         trips = args.trips if "roundtrip" in figures else 0
         rss_n = args.rss_n if "rss" in figures else 0
+        if trips:
+            cells["roundtrip"].append(Cell(
+                "idle", "floor", "redis", ("raw redis-py relay", 1),
+                brokers.call("redis", lambda b: runs.relay_floor(b, trips))))
         for side, side_pools in sides:
             for pool, conc in side_pools:
                 cells["roundtrip"].append(Cell(
@@ -233,9 +240,11 @@ def build_cells(args: argparse.Namespace, brokers: Brokers) -> dict[str, list[Ce
 
 
 def schedule(cells: dict[str, list[Cell]]) -> list[Cell]:
-    """One run's order: per figure, celeriac and Celery configurations alternating."""
+    """One run's order: per figure, celeriac and Celery configurations alternating (the
+    round-trip floor first)."""
     order: list[Cell] = []
     for figure in ("enqueue", "drain", "roundtrip"):
+        order.extend(c for c in cells[figure] if c.side == "floor")
         mine = [c for c in cells[figure] if c.side == "celeriac"]
         theirs = [c for c in cells[figure] if c.side == "celery"]
         for a, b in zip_longest(mine, theirs):
@@ -290,15 +299,19 @@ def drain_table(cells: list[Cell]) -> str:
 
 def roundtrip_table(cells: list[Cell]) -> str:
     ref = next((c for c in cells if c.side == "celery"), None)
+    floor = next((c for c in cells if c.side == "floor"), None)
     p50, p99 = (lambda s: s.p(50)), (lambda s: s.p(99))
     rows = [[c.side, *c.what, value_or_error(c, p50), med(c, p99),
              ratio(med(c, p50), med(ref, p50)), ratio(med(c, p99), med(ref, p99)),
+             *([ratio(med(c, p50), med(floor, p50)) if c.side != "floor" else "-"]
+               if floor else []),
              runs_shown(c, p50, "{:.2f}")] for c in cells]
     return table(["side", "pool", "-c", "p50 ms", "p99 ms", "p50 x Celery", "p99 x Celery",
-                  "runs (p50 ms)"], rows)
+                  *(["p50 x floor"] if floor else []), "runs (p50 ms)"], rows)
 
 
 def rss_table(cells: list[Cell]) -> str:
+    cells = [c for c in cells if c.side != "floor"]
     ref = next((c for c in cells if c.side == "celery"), None)
     start, after = (lambda s: s.rss_start / MIB), (lambda s: s.rss_after / MIB)
     growth = attrgetter("growth_kib_per_1000")
@@ -417,6 +430,9 @@ def main(argv: list[str] | None = None) -> int:
     if idle and args.trips and "roundtrip" in args.figures:
         print(f"\n(3) round trip: {args.trips} sequential delay().get() on an idle worker, "
               "results in Redis (lower is better)")
+        if any(c.side == "floor" for c in idle):
+            print("floor: LPUSH + BRPOP round trips through a raw redis-py relay process on "
+                  "the same Redis (BRPOP, LPUSH reply): no message format, acks or backend")
         print(roundtrip_table(idle))
     if idle and args.rss_n and "rss" in args.figures:
         print(f"\n(4) worker RSS (worker + pool processes) after start, and growth over"
