@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sys
+from collections.abc import Iterator
 
 import pytest
 
@@ -70,3 +72,30 @@ def test_glibc_calls_work_and_the_users_settings_win(monkeypatch: pytest.MonkeyP
     trim()
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert malloc.limit_arenas() is False
+
+
+@pytest.fixture
+def gc_settings() -> Iterator[None]:
+    """Restore this process's collector settings after a test changed them."""
+    threshold, enabled = gc.get_threshold(), gc.isenabled()
+    yield
+    gc.set_threshold(*threshold)
+    (gc.enable if enabled else gc.disable)()
+
+
+def test_a_worker_raises_pythons_default_gc_threshold(gc_settings: None) -> None:
+    gc.set_threshold(memory.PYTHON_GC_THRESHOLD, 10, 10)
+    gc.enable()
+    memory.Memory(object()).create(None)  # type: ignore[arg-type]
+    assert gc.get_threshold() == (memory.GC_THRESHOLD, 10, 10)
+
+
+def test_a_gc_setting_the_user_chose_is_kept(gc_settings: None) -> None:
+    gc.set_threshold(5000, 20, 30)
+    assert memory.raise_gc_threshold() is False
+    assert gc.get_threshold() == (5000, 20, 30)
+    gc.set_threshold(memory.PYTHON_GC_THRESHOLD, 10, 10)
+    gc.disable()
+    assert memory.raise_gc_threshold() is False
+    assert gc.get_threshold() == (memory.PYTHON_GC_THRESHOLD, 10, 10)
+    assert not gc.isenabled()
