@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import sys
+import threading
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import pytest
 
@@ -79,23 +81,47 @@ def gc_settings() -> Iterator[None]:
     """Restore this process's collector settings after a test changed them."""
     threshold, enabled = gc.get_threshold(), gc.isenabled()
     yield
+    gc.unfreeze()
     gc.set_threshold(*threshold)
     (gc.enable if enabled else gc.disable)()
 
 
-def test_a_worker_raises_pythons_default_gc_threshold(gc_settings: None) -> None:
-    gc.set_threshold(memory.PYTHON_GC_THRESHOLD, 10, 10)
+def test_a_worker_keeps_the_collector_off_its_start_up_heap_until_it_stops(
+    gc_settings: None,
+) -> None:
+    gc.set_threshold(700, 10, 10)
     gc.enable()
-    memory.Memory(object()).create(None)  # type: ignore[arg-type]
+    worker = SimpleNamespace(ready=threading.Event(), state=WorkerState())
+    step = memory.Memory(worker)
+    step.create(worker)  # type: ignore[arg-type]
+    frozen = gc.get_freeze_count()
+    assert frozen > 1000  # at least this test process's modules
     assert gc.get_threshold() == (memory.GC_THRESHOLD, 10, 10)
+    loaded_later = [[] for _ in range(100)]
+
+    async def main() -> None:
+        await step.start(worker)  # type: ignore[arg-type]
+        await asyncio.sleep(0.1)
+        assert gc.get_freeze_count() == frozen  # not consuming yet
+        worker.ready.set()
+        await asyncio.sleep(0.1)
+        assert gc.get_freeze_count() >= frozen + len(loaded_later)
+        await step.stop(worker)  # type: ignore[arg-type]
+
+    asyncio.run(main())
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == (700, 10, 10)
 
 
 def test_a_gc_setting_the_user_chose_is_kept(gc_settings: None) -> None:
     gc.set_threshold(5000, 20, 30)
-    assert memory.raise_gc_threshold() is False
+    undo = memory.tune_gc()
+    assert undo is not None
+    assert gc.get_threshold() == (5000, 20, 30)  # already less often than the worker's
+    undo()
     assert gc.get_threshold() == (5000, 20, 30)
-    gc.set_threshold(memory.PYTHON_GC_THRESHOLD, 10, 10)
     gc.disable()
-    assert memory.raise_gc_threshold() is False
-    assert gc.get_threshold() == (memory.PYTHON_GC_THRESHOLD, 10, 10)
-    assert not gc.isenabled()
+    gc.set_threshold(700, 10, 10)
+    assert memory.tune_gc() is None  # the process runs without the collector: left so
+    assert gc.get_freeze_count() == 0
+    assert gc.get_threshold() == (700, 10, 10)

@@ -8,8 +8,8 @@ Its threads share two malloc arenas rather than one each.
 Prefork children keep their own heaps; what they hold is their pymalloc arenas, which
 Python returns itself when they empty.
 
-The step also sets how often Python's cyclic garbage collector runs (see
-:func:`raise_gc_threshold`), which the pool's processes inherit.
+The step also keeps Python's cyclic garbage collector off what the worker loaded at
+start-up and sets how often it runs (see :func:`tune_gc`); pool processes inherit both.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .state import WorkerState
     from .worker import WorkController
 
-__all__ = ["GC_THRESHOLD", "IDLE_AFTER", "TRIM_EVERY", "Memory", "raise_gc_threshold"]
+__all__ = ["GC_THRESHOLD", "IDLE_AFTER", "TRIM_EVERY", "Memory", "tune_gc"]
 
 logger = logging.getLogger("celeriac.worker")
 
@@ -38,30 +38,41 @@ IDLE_AFTER = 0.25
 #: Fewest seconds between two trims: tasks trickling in slower than IDLE_AFTER would
 #: otherwise trim after every one (a few milliseconds each on a large heap).
 TRIM_EVERY = 10.0
-#: Allocations between two collections of the youngest generation in a worker.
-GC_THRESHOLD = 20_000
-#: CPython's own value of it (``gc.get_threshold()[0]`` unless someone changed it).
-PYTHON_GC_THRESHOLD = 700
+#: Fewest allocations between two collections of the youngest generation in a worker:
+#: CPython 3.13's own default (3.11 and 3.12 collect every 700).
+GC_THRESHOLD = 2000
+#: Seconds between two looks at whether the worker has started consuming.
+READY_POLL = 0.05
 
 
-def raise_gc_threshold(threshold: int = GC_THRESHOLD) -> bool:
-    """Run the cyclic collector's youngest generation every ``threshold`` allocations
-    instead of CPython's 700, unless this process chose its own setting (a threshold
-    other than 700, or the collector disabled). Returns True when raised.
+def tune_gc(threshold: int = GC_THRESHOLD) -> Callable[[], None] | None:
+    """Freeze the objects alive now out of the cyclic collector's reach, and collect the
+    youngest generation every ``threshold`` allocations at most. Returns what undoes
+    both, or None when the collector is disabled (the process chose to run without it).
 
-    Why: a worker allocates a few dozen container objects per task (messages, requests,
-    contexts, coroutines) and holds hundreds of them in flight at any moment. At 700 the
-    collector ran every twenty-odd tasks and traversed the in-flight ones again each
-    time, and they piled into the older generations, whose collections traverse more.
-    That was a fifth of the asyncio worker's CPU in a drain of no-op tasks. Refcounting
-    still frees all acyclic garbage at once; only garbage in reference cycles waits
-    longer (at most ``threshold`` new objects).
+    Why: at 700 allocations the young collections ran every twenty-odd tasks over the
+    hundreds of messages and requests a busy worker holds in flight, and the full ones
+    traversed everything it had loaded (about 38,000 objects), none of which ever
+    becomes garbage. Frozen before the pool forks, the loaded objects are also not
+    written to by collections in prefork children, so their pages stay shared. A much
+    higher threshold saved more (20,000: a fifth of the asyncio worker's CPU in a drain,
+    against a tenth here), but cyclic garbage a task leaves (an exception kept in a
+    local, say) would then wait that much longer to be freed.
     """
-    first, second, third = gc.get_threshold()
-    if first != PYTHON_GC_THRESHOLD or not gc.isenabled():
-        return False
-    gc.set_threshold(threshold, second, third)
-    return True
+    if not gc.isenabled():
+        return None
+    before = gc.get_threshold()
+    gc.collect()  # what start-up left as garbage is freed, not frozen
+    gc.freeze()
+    if before[0] < threshold:
+        gc.set_threshold(threshold, *before[1:])
+
+    def undo() -> None:
+        gc.unfreeze()
+        if gc.get_threshold()[0] == max(before[0], threshold):  # nobody changed it since
+            gc.set_threshold(*before)
+
+    return undo
 
 
 class Memory(Step):
@@ -73,21 +84,39 @@ class Memory(Step):
     def __init__(self, parent: WorkController, **kwargs: object) -> None:
         super().__init__(parent, **kwargs)
         self._task: asyncio.Task[None] | None = None
+        self._freezer: asyncio.Task[None] | None = None
+        self._untune: Callable[[], None] | None = None
 
     def create(self, w: WorkController) -> None:
         # Every step is created before any starts, so before the pool's threads exist
         # and before its processes fork (they inherit both settings).
         limit_arenas()
-        raise_gc_threshold()
+        self._untune = tune_gc()
 
     async def start(self, w: WorkController) -> None:
         trim = trimmer()
         if trim is not None:
             self._task = asyncio.ensure_future(_trim_when_idle(w.state, trim))
+        if self._untune is not None:
+            self._freezer = asyncio.ensure_future(self._freeze_when_consuming(w))
+
+    async def _freeze_when_consuming(self, w: WorkController) -> None:
+        """Freeze again once the consumer runs: connecting imports the transport and the
+        result backend and builds their clients after ``create`` froze what the pool's
+        children share."""
+        while not w.ready.is_set():
+            await asyncio.sleep(READY_POLL)
+        if self._untune is not None:
+            gc.freeze()
 
     async def stop(self, w: WorkController) -> None:
         task, self._task = self._task, None
         await cancel_and_wait(task, logger, "memory trimmer")
+        freezer, self._freezer = self._freezer, None
+        await cancel_and_wait(freezer, logger, "gc freezer")
+        untune, self._untune = self._untune, None
+        if untune is not None:  # a worker embedded in a process leaves its gc as it was
+            untune()
 
 
 async def _trim_when_idle(state: WorkerState, trim: Callable[[], object]) -> None:
