@@ -9,7 +9,7 @@ Prefork children keep their own heaps; what they hold is their pymalloc arenas, 
 Python returns itself when they empty.
 
 The step also keeps Python's cyclic garbage collector off what the worker loaded at
-start-up and sets how often it runs (see :func:`tune_gc`); pool processes inherit both.
+start-up and sets how often it runs in the worker's process (see :func:`tune_gc`).
 """
 
 from __future__ import annotations
@@ -48,31 +48,37 @@ READY_POLL = 0.05
 def tune_gc(threshold: int = GC_THRESHOLD) -> Callable[[], None] | None:
     """Freeze the objects alive now out of the cyclic collector's reach, and collect the
     youngest generation every ``threshold`` allocations at most. Returns what undoes
-    both, or None when the collector is disabled (the process chose to run without it).
+    both, or None when the collector is off (disabled, or a threshold of 0: the process
+    chose to run without it).
 
     Why: at 700 allocations the young collections ran every twenty-odd tasks over the
     hundreds of messages and requests a busy worker holds in flight, and the full ones
     traversed everything it had loaded (about 38,000 objects), none of which ever
-    becomes garbage. Frozen before the pool forks, the loaded objects are also not
-    written to by collections in prefork children, so their pages stay shared. A much
+    becomes garbage. A much
     higher threshold saved more (20,000: a fifth of the asyncio worker's CPU in a drain,
     against a tenth here), but cyclic garbage a task leaves (an exception kept in a
     local, say) would then wait that much longer to be freed.
     """
-    if not gc.isenabled():
-        return None
     before = gc.get_threshold()
-    gc.collect()  # what start-up left as garbage is freed, not frozen
-    gc.freeze()
+    if not gc.isenabled() or before[0] == 0:
+        return None
+    freeze_loaded()
+    raised = (threshold, *before[1:])
     if before[0] < threshold:
-        gc.set_threshold(threshold, *before[1:])
+        gc.set_threshold(*raised)
 
     def undo() -> None:
         gc.unfreeze()
-        if gc.get_threshold()[0] == max(before[0], threshold):  # nobody changed it since
+        if before[0] < threshold and gc.get_threshold() == raised:  # nobody changed it since
             gc.set_threshold(*before)
 
     return undo
+
+
+def freeze_loaded() -> None:
+    """Collect, then freeze what is left: start-up's garbage is freed, not frozen."""
+    gc.collect()
+    gc.freeze()
 
 
 class Memory(Step):
@@ -88,12 +94,13 @@ class Memory(Step):
         self._untune: Callable[[], None] | None = None
 
     def create(self, w: WorkController) -> None:
-        # Every step is created before any starts, so before the pool's threads exist
-        # and before its processes fork (they inherit both settings).
+        # Every step is created before any starts, so before the pool's threads exist.
         limit_arenas()
-        self._untune = tune_gc()
 
     async def start(self, w: WorkController) -> None:
+        # Here rather than in create: a step that was started is stopped, also when a
+        # later one fails to start, so the process's collector is always put back.
+        self._untune = tune_gc()
         trim = trimmer()
         if trim is not None:
             self._task = asyncio.ensure_future(_trim_when_idle(w.state, trim))
@@ -102,12 +109,11 @@ class Memory(Step):
 
     async def _freeze_when_consuming(self, w: WorkController) -> None:
         """Freeze again once the consumer runs: connecting imports the transport and the
-        result backend and builds their clients after ``create`` froze what the pool's
-        children share."""
+        result backend and builds their clients after :meth:`start` froze the rest."""
         while not w.ready.is_set():
             await asyncio.sleep(READY_POLL)
         if self._untune is not None:
-            gc.freeze()
+            freeze_loaded()
 
     async def stop(self, w: WorkController) -> None:
         task, self._task = self._task, None
