@@ -357,10 +357,15 @@ def drain(side: str, broker: Broker, pool: str, concurrency: int, stored: bool, 
 
 #: No-op tasks run before the growth is measured (fills prefetch buffers, caches, arenas).
 RSS_WARMUP = 50_000
-#: Seconds between the last execution and an RSS reading: the pool returns its last
-#: results, and a celeriac worker gives freed heap back once idle for 0.25 s (its Memory
-#: step); both readings, before and after the run, are taken the same way.
+#: Seconds between the last execution and the start-up RSS reading: the pool returns
+#: its last results, and a celeriac worker gives freed heap back once idle for 0.25 s.
 RSS_SETTLE = 1.0
+#: Seconds between the last execution and the readings growth is measured between: a
+#: celeriac worker trims at most every TRIM_EVERY (10 s) once idle for IDLE_AFTER (0.25 s)
+#: (celeriac.worker.memory), so a shorter wait found the warm reading untrimmed after a
+#: trim at start-up, and the last one trimmed, understating growth by up to the heap's
+#: slack. Both readings are taken past that window, the same way.
+RSS_GROWTH_SETTLE = 11.0
 
 
 @dataclass
@@ -413,6 +418,7 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
                 call().get(timeout=10)
             executed = 21
             wait_for(broker, worker, executed, 30)
+            time.sleep(RSS_SETTLE)
             session.rss_start = worker.rss()
             clock = time.perf_counter
             for _ in range(trips):
@@ -430,14 +436,14 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
                 bulk_publish(feeder, name, RSS_WARMUP, batch)
                 executed += RSS_WARMUP
                 wait_for(broker, worker, executed, drain_timeout(RSS_WARMUP))
-                time.sleep(RSS_SETTLE)
+                time.sleep(RSS_GROWTH_SETTLE)
                 session.rss_warm = worker.rss()
                 bulk_publish(feeder, name, rss_n, batch)
             finally:
                 feeder.close()
             executed += rss_n
             wait_for(broker, worker, executed, drain_timeout(rss_n))
-            time.sleep(RSS_SETTLE)
+            time.sleep(RSS_GROWTH_SETTLE)
             session.rss_after = worker.rss()
             session.tasks = rss_n
     finally:
