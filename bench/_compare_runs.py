@@ -481,7 +481,11 @@ def relay_floor(broker: Broker, trips: int) -> Session:
 
         def trip(timeout: float) -> None:
             conn.lpush(RELAY_REQUEST, b"x")
-            if conn.brpop([RELAY_REPLY], timeout=timeout) is None:
+            deadline = time.monotonic() + timeout
+            # Waits of a second at most, so a relay that died is reported at once.
+            while conn.brpop([RELAY_REPLY], timeout=1) is None:
+                if relay.alive() and time.monotonic() < deadline:
+                    continue
                 broker.check_untouched()
                 raise BenchError(f"the relay never answered within {timeout:g} s "
                                  f"(exit code {relay.popen.poll()}):\n{relay.tail()}")
