@@ -199,7 +199,12 @@ def spawn(side: str, broker: Broker, pool: str, concurrency: int) -> Worker:
         args = [sys.executable, "-m", "celery", "-A", "_compare_celery", "-q", "worker",
                 "-P", pool, "-c", str(concurrency), "-l", "warning", "-n", node,
                 *CELERY_WORKER_FLAGS]
-    args += WORKER_ARGS[side] + extras
+    return launch(side, args + WORKER_ARGS[side] + extras, env)
+
+
+def launch(side: str, args: list[str], env: dict[str, str] | None = None) -> Worker:
+    """Run ``args`` from the bench directory in a process group of its own, its output
+    in a temporary log (shown when a measurement fails)."""
     fd, log_name = tempfile.mkstemp(prefix=f"compare-{side}-", suffix=".log")
     with os.fdopen(fd, "wb") as out:
         started = time.time()
@@ -460,14 +465,8 @@ RELAY_REPLY = "bench:relay:reply"
 
 def spawn_relay(broker: Broker) -> Worker:
     """Start ``_redis_relay.py`` on the broker's database, like a worker (own group)."""
-    args = [sys.executable, str(BENCH_DIR / "_redis_relay.py"), broker.url, RELAY_REQUEST,
-            RELAY_REPLY]
-    fd, log_name = tempfile.mkstemp(prefix="compare-relay-", suffix=".log")
-    with os.fdopen(fd, "wb") as out:
-        started = time.time()
-        popen = subprocess.Popen(args, cwd=BENCH_DIR, stdout=out, stderr=subprocess.STDOUT,
-                                 stdin=subprocess.DEVNULL, start_new_session=True)
-    return Worker("relay", popen, Path(log_name), started, args)
+    return launch("relay", [sys.executable, str(BENCH_DIR / "_redis_relay.py"), broker.url,
+                            RELAY_REQUEST, RELAY_REPLY])
 
 
 def relay_floor(broker: Broker, trips: int) -> Session:

@@ -54,15 +54,14 @@ def tune_gc(threshold: int = GC_THRESHOLD) -> Callable[[], None] | None:
     Why: at 700 allocations the young collections ran every twenty-odd tasks over the
     hundreds of messages and requests a busy worker holds in flight, and the full ones
     traversed everything it had loaded (about 38,000 objects), none of which ever
-    becomes garbage. A much
-    higher threshold saved more (20,000: a fifth of the asyncio worker's CPU in a drain,
-    against a tenth here), but cyclic garbage a task leaves (an exception kept in a
-    local, say) would then wait that much longer to be freed.
+    becomes garbage. A much higher threshold saved more (20,000: a fifth of the asyncio
+    worker's CPU in a drain, against a tenth here), but cyclic garbage a task leaves (an
+    exception kept in a local, say) would then wait that much longer to be freed.
     """
     before = gc.get_threshold()
     if not gc.isenabled() or before[0] == 0:
         return None
-    freeze_loaded()
+    _freeze_loaded()
     raised = (threshold, *before[1:])
     if before[0] < threshold:
         gc.set_threshold(*raised)
@@ -75,7 +74,7 @@ def tune_gc(threshold: int = GC_THRESHOLD) -> Callable[[], None] | None:
     return undo
 
 
-def freeze_loaded() -> None:
+def _freeze_loaded() -> None:
     """Collect, then freeze what is left: start-up's garbage is freed, not frozen."""
     gc.collect()
     gc.freeze()
@@ -112,8 +111,7 @@ class Memory(Step):
         result backend and builds their clients after :meth:`start` froze the rest."""
         while not w.ready.is_set():
             await asyncio.sleep(READY_POLL)
-        if self._untune is not None:
-            freeze_loaded()
+        _freeze_loaded()  # (stop cancels this before it undoes the tuning)
 
     async def stop(self, w: WorkController) -> None:
         task, self._task = self._task, None

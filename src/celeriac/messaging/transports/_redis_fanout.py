@@ -296,7 +296,7 @@ class LinkSubscriber(_Subscriptions):
 
     def _check_open(self) -> None:
         if self._stopped:
-            raise redis_errors.ConnectionError("the subscription was closed")
+            raise _closed()
 
     async def sync(self, timeout: float = 5.0) -> None:
         """Return once every message published before this call has been handled
@@ -405,7 +405,7 @@ class LinkSubscriber(_Subscriptions):
             self._timer = None
         self._confirming.clear()
         self._errors.clear()
-        closed = redis_errors.ConnectionError("the subscription was closed")
+        closed = _closed()
         for future in self._pongs.values():
             if not future.done():
                 future.set_exception(closed)
@@ -416,6 +416,10 @@ class LinkSubscriber(_Subscriptions):
             link.on_push = _ignore
             if close:
                 link.close()
+
+
+def _closed() -> redis_errors.ConnectionError:
+    return redis_errors.ConnectionError("the subscription was closed")
 
 
 def _ignore(reply: Any) -> None:
