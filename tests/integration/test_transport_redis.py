@@ -429,29 +429,38 @@ def _script_calls(url: str) -> int:
 def test_a_doorbell_wakes_only_the_fetches_of_its_queue(private_redis: RedisServer) -> None:
     # Given one connection fetching two queues separately, polling rarely
     url = private_redis.url
+    raw = redis.Redis.from_url(url)
 
-    async def main() -> int:
+    async def main() -> tuple[int, list[Any]]:
         t = await opened(url, polling_interval=30, unacked_restore_interval=600)
+        await t.declare_queue(Queue("jobs"))  # no TTL, no expiry: pushed without a script
         other = asyncio.ensure_future(t.fetch(["other"], 10, 5.0))
         try:
             for i in range(21):
-                if i == 1:  # the scripts are loaded and the doorbell subscribed
+                if i == 1:  # the scripts are loaded, the doorbell subscribed
                     before = _script_calls(url)
-                # When 20 messages arrive one at a time, each ringing the "jobs" doorbell
-                await t.publish([Outgoing(message(str(i).encode()), "", "jobs")])
+                    waiting = raw.zrange("_celeriac.offers.other", 0, -1, withscores=True)
+                # When 20 pairs of messages arrive, each ringing the "jobs" doorbell (two
+                # at once are pushed, not handed to a waiting fetch)
+                pair = [Outgoing(message(f"{i}.{k}".encode()), "", "jobs") for k in (1, 2)]
+                await t.publish(pair)
                 got = await t.fetch(["jobs"], 10, 2.0)
-                assert [m.body for m in got] == [str(i).encode()]
+                assert [m.body for m in got] == [f"{i}.1".encode(), f"{i}.2".encode()]
                 await t.ack(got)
             calls = _script_calls(url) - before
             assert not other.done()
-            return calls
+            return calls, waiting
         finally:
             other.cancel()
             await t.close()
 
-    # Then the broker saw one publish, one claim and one ack per message: the fetch on
-    # "other" never claimed on "jobs"' doorbells
-    assert run(main()) == 60
+    calls, waiting = run(main())
+    # Then the broker saw one claim and one ack per pair, and the fetch on "other" never
+    # claimed on "jobs"' doorbells: its offer (renewed by each of its claims) is unchanged
+    assert calls == 40
+    assert len(waiting) == 1
+    assert raw.zrange("_celeriac.offers.other", 0, -1, withscores=True) == waiting
+    raw.close()
 
 
 def test_after_a_short_claim_the_next_fetch_waits_for_the_doorbell(

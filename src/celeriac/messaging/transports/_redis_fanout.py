@@ -47,14 +47,15 @@ class _Subscriptions:
 
     Args:
         on_fanout: Called with ``(channel, data)`` for every pattern message.
-        on_ready: Called with ``channel`` for every doorbell.
+        on_ready: Called with ``(channel, data)`` for every channel message: doorbells,
+            and hand-offs on the transport's own channel.
         on_failure: Called once with the exception when the connection breaks.
     """
 
     def __init__(
         self,
         on_fanout: Callable[[str, bytes], None],
-        on_ready: Callable[[str], None],
+        on_ready: Callable[[str, bytes], None],
         on_failure: Callable[[BaseException], None],
     ) -> None:
         self._on_fanout = on_fanout
@@ -101,6 +102,15 @@ class _Subscriptions:
             self.channels.update(new)
             return True
 
+    async def unsubscribe(self, *channels: str) -> None:
+        """Stop listening to channels; once this returns, every message Redis sent on
+        them before has been handled."""
+        async with self._lock():
+            gone = [c for c in channels if c in self.channels]
+            if gone and self._connected():
+                self.channels.difference_update(gone)
+                await self._change("UNSUBSCRIBE", gone)
+
     def _token(self) -> tuple[bytes, asyncio.Future[None]]:
         self._pings += 1
         token = b"celeriac-sync-%d" % self._pings
@@ -144,7 +154,7 @@ class Subscriber(_Subscriptions):
         self,
         client: Redis,
         on_fanout: Callable[[str, bytes], None],
-        on_ready: Callable[[str], None],
+        on_ready: Callable[[str, bytes], None],
         on_failure: Callable[[BaseException], None],
         on_refused: Callable[[BaseException], None],
     ) -> None:
@@ -158,7 +168,7 @@ class Subscriber(_Subscriptions):
         if self._pubsub is None:
             self._pubsub = self._client.pubsub(ignore_subscribe_messages=True)
         await getattr(self._pubsub, command.lower())(*names)
-        if command != "PUNSUBSCRIBE":
+        if command not in ("PUNSUBSCRIBE", "UNSUBSCRIBE"):
             self._start()
 
     def _connected(self) -> bool:
@@ -212,7 +222,7 @@ class Subscriber(_Subscriptions):
                 if kind == "pmessage":
                     self._on_fanout(_text(message["channel"]), message["data"])
                 elif kind == "message":
-                    self._on_ready(_text(message["channel"]))
+                    self._on_ready(_text(message["channel"]), message["data"])
                 elif kind == "pong":
                     self._pong(message["data"])
         except asyncio.CancelledError:
@@ -256,7 +266,7 @@ class LinkSubscriber(_Subscriptions):
         kwargs: Mapping[str, Any],
         db: int,
         on_fanout: Callable[[str, bytes], None],
-        on_ready: Callable[[str], None],
+        on_ready: Callable[[str, bytes], None],
         on_failure: Callable[[BaseException], None],
     ) -> None:
         super().__init__(on_fanout, on_ready, on_failure)
@@ -362,7 +372,7 @@ class LinkSubscriber(_Subscriptions):
             if kind == b"pmessage":
                 self._on_fanout(_text(reply[2]), reply[3])
             elif kind == b"message":
-                self._on_ready(_text(reply[1]))
+                self._on_ready(_text(reply[1]), reply[2])
             elif kind == b"pong":
                 self._pong(reply[1])
         elif type(reply) is bytes:  # a PING's reply while subscribed to nothing yet

@@ -25,6 +25,16 @@ unacked. The scripts keep kombu's keys exactly (queue lists and priority sub-lis
   list of ``[exchange, member]``) so any process can delete the queue's bindings.
 * ``_celeriac.expiring`` (sorted set): queue -> time it dies unless used before.
 * ``_celeriac.exchanges`` (hash): exchange -> type, for exchanges declared by celeriac.
+* ``_celeriac.offers.<queue>`` (sorted set): offer id -> deadline, and
+  ``_celeriac.offer.<id>`` (hash, expires): a celeriac fetch whose claim came back short
+  offers to take the next messages of its queues as they are published (see
+  :data:`CLAIM`): ``n`` = how many more it takes, ``spec`` = JSON ``[channel, visibility
+  timeout, delivery record lifetime, unacked, unacked_index, lease, offer lifetime,
+  queue...]``. A publish that finds a live offer on a queue with no message waiting
+  records the claim itself and sends ``"<token> <len(queue)> <queue><envelope>"`` on the
+  channel: the fetch saves a claim's round trip per message. With no receiver it undoes
+  the claim, withdraws the offer and pushes as usual. The fetch's next claim withdraws
+  the offer (and makes a new one if it comes back short).
 
 Times are seconds (floats) from Redis ``TIME`` unless a name says ms. Keys are built inside
 the scripts from the global key prefix, as kombu builds them (so, like kombu, this layout
@@ -43,6 +53,7 @@ __all__ = [
     "DELETE_QUEUE",
     "EXTEND",
     "PUBLISH",
+    "PUSH",
     "RELEASE_MUTEX",
     "REQUEUE",
     "RESTORE",
@@ -88,7 +99,8 @@ local function remove_queue(q)
     redis.call('DEL', key)
   end
   n = n + redis.call('ZCARD', P .. '_celeriac.delayed.' .. q)
-  redis.call('DEL', meta, P .. '_celeriac.delayed.' .. q, P .. '_celeriac.ttl.' .. q)
+  redis.call('DEL', meta, P .. '_celeriac.delayed.' .. q, P .. '_celeriac.ttl.' .. q,
+    P .. '_celeriac.offers.' .. q)
   redis.call('ZREM', EXPIRING, q)
   return n
 end
@@ -117,13 +129,104 @@ local function promote(q)
 end
 """
 
+# Ringing doorbells, for every script that fills lists. A refused PUBLISH (an ACL user
+# without channel rights) must not fail the script after its writes: the messages are
+# stored, and fetches find them at their next poll.
+_RING = r"""
+-- Ring the doorbell of every queue in the set; 1, or 3 if one was refused.
+local function ring(prefix, queues)
+  local said = 1
+  for q, _ in pairs(queues) do
+    if type(redis.pcall('PUBLISH', prefix .. q, '')) ~= 'number' then said = 3 end
+  end
+  return said
+end
+"""
+
+_OFFERS = r"""
+local OFFERS = P .. '_celeriac.offers.'
+
+-- Withdraw offer `id` (its spec decoded, if the caller has it) from every queue it was
+-- made on.
+local function withdraw(id, spec)
+  local okey = P .. '_celeriac.offer.' .. id
+  if spec == nil then
+    local raw = redis.call('HGET', okey, 'spec')
+    if not raw then return end
+    spec = cjson.decode(raw)
+  end
+  redis.call('DEL', okey)
+  for x = 8, #spec do redis.call('ZREM', OFFERS .. spec[x], id) end
+end
+"""
+
+# Used by the publishing scripts (needs the prelude and _OFFERS).
+_HANDOFF = r"""
+-- Give a message bound for queue q to a celeriac fetch waiting on it, recorded as that
+-- fetch's claim exactly as CLAIM records one. False, with nothing changed, when no live
+-- offer took it or q already holds messages (those go first). The offer served goes to
+-- the back of q's line, so idle fetches take turns.
+local function handoff(q, tag, env)
+  local zkey = OFFERS .. q
+  if redis.call('EXISTS', zkey) == 0 then return false end
+  local keys = {}
+  for _, s in ipairs(STEPS) do keys[#keys + 1] = list_key(q, s) end
+  if redis.call('EXISTS', unpack(keys)) > 0 then return false end
+  local dk = P .. '_celeriac.delivery.' .. tag
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', zkey, NOW, '+inf', 'LIMIT', 0, 3)) do
+    local okey = P .. '_celeriac.offer.' .. id
+    local f = redis.call('HMGET', okey, 'spec', 'n')
+    if f[1] then
+      local spec = cjson.decode(f[1])
+      local unacked, index, lease = spec[4], spec[5], spec[6]
+      local before = redis.call('HGET', dk, 's')
+      redis.call('HSET', unacked, tag, '[' .. env .. ', "", ' .. cjson.encode(q) .. ']')
+      redis.call('ZADD', index, NOW, tag)
+      redis.call('ZADD', lease, NOW + tonumber(spec[2]), tag)
+      local n = redis.call('HINCRBY', dk, 'n', 1)
+      redis.call('HSET', dk, 's', redis.call('ZSCORE', index, tag))
+      redis.call('EXPIRE', dk, spec[3])
+      local sent = redis.pcall('PUBLISH', spec[1], n .. ' ' .. #q .. ' ' .. q .. env)
+      if type(sent) == 'number' and sent > 0 then
+        if tonumber(f[2]) <= 1 then
+          withdraw(id, spec)
+        else
+          redis.call('HINCRBY', okey, 'n', -1)
+          redis.call('ZADD', zkey, NOW + tonumber(spec[7]), id)
+        end
+        return true
+      end
+      -- nobody listens on the channel any more (its fetch went away): undo
+      redis.call('HDEL', unacked, tag)
+      redis.call('ZREM', index, tag)
+      redis.call('ZREM', lease, tag)
+      if n > 1 then
+        redis.call('HINCRBY', dk, 'n', -1)
+        if before then redis.call('HSET', dk, 's', before) else redis.call('HDEL', dk, 's') end
+      else
+        redis.call('DEL', dk)
+      end
+      withdraw(id, spec)
+    else
+      redis.call('ZREM', zkey, id)
+    end
+  end
+  redis.call('ZREMRANGEBYSCORE', zkey, '-inf', NOW)
+  return false
+end
+"""
+
 #: Route and store a batch. ARGV[4] = doorbell channel prefix, ARGV[5] = message count,
 #: then 8 fields per message: kind (default/direct/topic/fanout), exchange, routing key,
 #: delivery tag, priority step, not-before ('' = now), envelope, fanout channel; or, for a
 #: message going where the one before it went, one: '=' .. delivery tag .. '|' .. envelope.
-#: Returns the queues that received a message.
+#: A message is handed to a waiting fetch where one offers (see ``_celeriac.offers``).
+#: Returns 1, or 3 when a doorbell was refused (see :data:`PUSH`).
 PUBLISH = (
     _PRELUDE
+    + _RING
+    + _OFFERS
+    + _HANDOFF
     + r"""
 local READY = ARGV[4]
 local count = tonumber(ARGV[5])
@@ -228,9 +331,12 @@ for _ = 1, count do
         if nb and nb > NOW and info.served == nil then
           info.served = redis.call('EXISTS', consumers_key(q)) == 1
         end
-        if nb and nb > NOW and info.served then
+        local later = nb and nb > NOW
+        if later and info.served then
           redis.call('ZADD', P .. '_celeriac.delayed.' .. q, nb, step .. '|' .. env)
           since = nb
+        elseif not (later or info.ttl or info.expires) and handoff(q, tag, env) then
+          -- claimed by a waiting fetch: nothing waits in the queue
         elseif redis.call('LPUSH', list_key(q, step), env) == 1 then
           ready[q] = true
         end
@@ -248,8 +354,26 @@ for _ = 1, count do
     end
   end
 end
-for q, _ in pairs(ready) do redis.call('PUBLISH', READY .. q, '') end
-return order
+return ring(READY, ready)
+"""
+)
+
+#: Store one message for a queue with nothing else for PUBLISH to do (no exchange, delay,
+#: TTL or expiry): hand it to a waiting fetch, else push it and ring the doorbell when the
+#: list was empty. ARGV[4] = doorbell prefix, ARGV[5] = queue, ARGV[6] = priority step,
+#: ARGV[7] = delivery tag, ARGV[8] = envelope. Returns 1 pushed, 2 handed off, or 3
+#: pushed with the doorbell refused (an ACL user without channel rights).
+PUSH = (
+    _PRELUDE
+    + _RING
+    + _OFFERS
+    + _HANDOFF
+    + r"""
+local q = ARGV[5]
+if handoff(q, ARGV[7], ARGV[8]) then return 2 end
+local ready = {}
+if redis.call('LPUSH', list_key(q, ARGV[6]), ARGV[8]) == 1 then ready[q] = true end
+return ring(ARGV[4], ready)
 """
 )
 
@@ -257,16 +381,25 @@ return order
 #: KEYS = unacked, unacked_index, lease. ARGV[4] = limit, ARGV[5] = visibility timeout,
 #: ARGV[6] = delivery record lifetime (s), ARGV[7] = queue count, ARGV[8] = '1' to mark
 #: the queues as served by a celeriac consumer (the caller does so every
-#: :data:`PRESENCE_REFRESH` seconds, not on every claim), then the queue names in this
-#: call's rotation order. Returns ``{next_due, dropped, (queue, count, envelope)*}``
-#: where ``next_due`` is the earliest not-before time of a delayed message ('' if none)
-#: when nothing was claimed.
+#: :data:`PRESENCE_REFRESH` seconds, not on every claim), ARGV[9] = offer id ('' for
+#: none), ARGV[10] = the channel hand-offs go to, ARGV[11] = offer lifetime (s),
+#: ARGV[12] = ids of the caller's other offers to withdraw, space-separated, then the
+#: queue names in this call's rotation order. The claim first withdraws the caller's
+#: offer; one that comes back short offers to take as many more as it fell short by, as
+#: they are published to its queues that have no TTL or expiry (``_celeriac.offers``).
+#: Returns ``{next_due, dropped, (queue, count, envelope)*}`` where ``next_due`` is the
+#: earliest not-before time of a delayed message ('' if none) when nothing was claimed.
 CLAIM = (
     _PRELUDE
+    + _OFFERS
     + r"""
 local limit, vt, keep, nq = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]),
   tonumber(ARGV[7])
 local present = ARGV[8] == '1'
+local offer_id, life = ARGV[9], tonumber(ARGV[11])
+local FIRST = 12
+if offer_id ~= '' then withdraw(offer_id) end
+for id in string.gmatch(ARGV[12], '%S+') do withdraw(id) end
 local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
 
 local function b64(data)
@@ -298,10 +431,10 @@ local function wrap(raw, tag, q)
   })
 end
 
-local queues, ttlq = {}, {}
+local queues, ttlq, offered = {}, {}, {}
 for x = 1, nq do
-  local q = ARGV[8 + x]
-  local f = redis.call('HMGET', P .. '_celeriac.queue.' .. q, 'expires')
+  local q = ARGV[FIRST + x]
+  local f = redis.call('HMGET', P .. '_celeriac.queue.' .. q, 'expires', 'ttl')
   local expires = tonumber(f[1])
   local alive = true
   if expires then
@@ -316,6 +449,7 @@ for x = 1, nq do
   if alive then
     queues[#queues + 1] = q
     ttlq[q] = redis.call('EXISTS', P .. '_celeriac.ttl.' .. q) == 1
+    if not (expires or f[2] or ttlq[q]) then offered[#offered + 1] = q end
     if present then redis.call('SET', consumers_key(q), '1', 'EX', PRESENCE) end
     promote(q)
   end
@@ -431,6 +565,19 @@ if got > 0 then
   end
 end
 out[2] = dropped
+if got < limit and offer_id ~= '' and #offered > 0 then
+  local spec = {ARGV[10], ARGV[5], ARGV[6], KEYS[1], KEYS[2], KEYS[3], ARGV[11]}
+  for _, q in ipairs(offered) do spec[#spec + 1] = q end
+  local ms = math.ceil(life * 1000)
+  local okey = P .. '_celeriac.offer.' .. offer_id
+  redis.call('HSET', okey, 'spec', cjson.encode(spec), 'n', limit - got)
+  redis.call('PEXPIRE', okey, ms)
+  for _, q in ipairs(offered) do
+    local zkey = OFFERS .. q
+    redis.call('ZADD', zkey, NOW + life, offer_id)
+    if redis.call('PTTL', zkey) < ms then redis.call('PEXPIRE', zkey, ms) end
+  end
+end
 if got == 0 then
   local soonest
   for _, q in ipairs(queues) do
@@ -519,28 +666,35 @@ return done
 )
 
 #: Return current claims to the front of their queues. KEYS as ACK. ARGV[1] = prefix,
-#: ARGV[2] = doorbell prefix, then 5 fields each: tag, token, list key, queue, envelope.
+#: ARGV[2] = doorbell prefix, ARGV[3] = '1' when the claims never reached the application
+#: (hand-offs nobody fetched): their delivery is not counted. Then 5 fields each: tag,
+#: token, list key, queue, envelope.
 REQUEUE = (
     r"""
 local P, READY = ARGV[1], ARGV[2]
+local uncount = ARGV[3] == '1'
 """
+    + _RING
     + _FENCE
     + r"""
-local done = 0
-for i = 3, #ARGV, 5 do
+local done, ready = 0, {}
+for i = 4, #ARGV, 5 do
   local tag = ARGV[i]
   local ok, dk = current(tag, ARGV[i + 1])
   if ok and redis.call('HEXISTS', KEYS[1], tag) == 1 then
     redis.call('ZREM', KEYS[2], tag)
     redis.call('HDEL', KEYS[1], tag)
     redis.call('ZREM', KEYS[3], tag)
-    redis.call('HDEL', dk, 's')
-    if redis.call('RPUSH', ARGV[i + 2], ARGV[i + 4]) == 1 then
-      redis.call('PUBLISH', READY .. ARGV[i + 3], '')
+    if uncount and redis.call('HINCRBY', dk, 'n', -1) <= 0 then
+      redis.call('DEL', dk)
+    else
+      redis.call('HDEL', dk, 's')
     end
+    if redis.call('RPUSH', ARGV[i + 2], ARGV[i + 4]) == 1 then ready[ARGV[i + 3]] = true end
     done = done + 1
   end
 end
+ring(READY, ready)
 return done
 """
 )
@@ -592,8 +746,12 @@ return out
 #: release the mutex. KEYS as RESTORE_SCAN. ARGV[1] = prefix, ARGV[2] = doorbell prefix,
 #: ARGV[3] = mutex token, then per entry: tag, expected score, envelope, target count,
 #: and (list key, queue) per target.
-RESTORE = r"""
+RESTORE = (
+    r"""
 local P, READY, token = ARGV[1], ARGV[2], ARGV[3]
+"""
+    + _RING
+    + r"""
 local ready = {}
 local done = 0
 local i = 4
@@ -613,9 +771,10 @@ while i <= #ARGV do
   end
 end
 if redis.call('GET', KEYS[4]) == token then redis.call('DEL', KEYS[4]) end
-for q, _ in pairs(ready) do redis.call('PUBLISH', READY .. q, '') end
+ring(READY, ready)
 return done
 """
+)
 
 #: Release ``unacked_mutex`` if we still hold it (what redis-py's Lock does, so kombu and
 #: celeriac processes share the one mutex). KEYS[1] = mutex, ARGV[1] = token.

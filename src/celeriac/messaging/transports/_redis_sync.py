@@ -101,7 +101,7 @@ _SPIN_PAUSE = 10.0
 
 
 class SyncPublisher:
-    """Runs the publish script over blocking connections, one per concurrent caller.
+    """Runs the publishing scripts over blocking connections, one per concurrent caller.
 
     Idle connections wait in a list: ``pop`` and ``append`` are atomic, so threads share
     it without a lock.
@@ -118,12 +118,16 @@ class SyncPublisher:
     """
 
     def __init__(
-        self, kwargs: Mapping[str, Any], db: int, script: str, sha: str, spin: float = 0.0
+        self,
+        kwargs: Mapping[str, Any],
+        db: int,
+        scripts: Mapping[str, tuple[str, str]],
+        spin: float = 0.0,
     ) -> None:
         self._kwargs = dict(kwargs)
         self._db = db
-        self._script = script
-        self._sha = sha
+        #: Script name -> (source, SHA1).
+        self._scripts = dict(scripts)
         self._idle: list[_Link] = []
         self._open = 0
         self._limit = int(self._kwargs.get("max_connections") or 50)
@@ -133,55 +137,47 @@ class SyncPublisher:
 
     @classmethod
     def for_client(
-        cls, kwargs: Mapping[str, Any], db: int, script: str, sha: str, spin: float = 0.0
+        cls,
+        kwargs: Mapping[str, Any],
+        db: int,
+        scripts: Mapping[str, tuple[str, str]],
+        spin: float = 0.0,
     ) -> SyncPublisher | None:
         """A publisher for these redis-py client options, or None when one of them (TLS,
         an option this path does not know) needs redis-py."""
-        return cls(kwargs, db, script, sha, spin) if plain_options(kwargs) else None
+        return cls(kwargs, db, scripts, spin) if plain_options(kwargs) else None
 
-    def run_script(self, args: Sequence[Any]) -> bool:
-        """Run the publish script with ``args``; True once Redis replied that it ran.
+    def run_script(self, name: str, args: Sequence[Any]) -> Any:
+        """Run script ``name`` with ``args``; its reply once Redis replied that it ran.
 
-        False means nothing is known to be stored and the caller must take the async
+        None means nothing is known to be stored and the caller must take the async
         path: no connection could be had, the connection broke, or Redis answered with
         an error (which the async path raises as celeriac's error).
         """
-        return self._run((("EVALSHA", self._sha, 0, *args),), script_args=args)
-
-    def push(self, key: str, envelope: bytes, doorbell: str) -> bool:
-        """``LPUSH`` one message and ring its queue's doorbell, in one round trip (for
-        queues with nothing for the script to do: no TTL, no expiry, no delay). True
-        once Redis stored it; False as for :meth:`run_script`. A refused doorbell (an
-        ACL user without channel rights) does not unstore the message: a waiting worker
-        finds it at its next poll instead of at once."""
-        return self._run((("LPUSH", key, envelope), ("PUBLISH", doorbell, "")))
-
-    def _run(self, commands: Sequence[Sequence[Any]], script_args: Sequence[Any] = ()) -> bool:
-        """Run ``commands`` on an idle connection; True when the first one succeeded."""
-        # No fork check here: a forked child's sync calls find a new loop (utils.portal
-        # checks the pid), so a new connection, transport and publisher of their own.
+        source, sha = self._scripts[name]
         try:
             link = self._idle.pop()
         except IndexError:
             link = self._connect()
             if link is None:
-                return False
+                return None
+        # No fork check here: a forked child's sync calls find a new loop (utils.portal
+        # checks the pid), so a new connection, transport and publisher of their own.
         try:
-            link.send(commands)
+            link.send((("EVALSHA", sha, 0, *args),))
             if self._spin and link.sock.gettimeout() is None:
                 self._poll(link)
-            replies = [link.read() for _ in commands]  # every reply, or the next call reads them
-            first = replies[0]
-            if script_args and _no_script(first):
-                first = link.call((("EVAL", self._script, 0, *script_args),))[0]
+            reply = link.read()
+            if _no_script(reply):
+                reply = link.call((("EVAL", source, 0, *args),))[0]
         except (OSError, hiredis.ProtocolError):
             self._discard(link)
-            return False
+            return None
         except BaseException:  # Ctrl-C mid-reply: the link's state is unknown
             self._discard(link)
             raise
         self._idle.append(link)
-        return not isinstance(first, hiredis.ReplyError)
+        return None if isinstance(reply, hiredis.ReplyError) else reply
 
     def _poll(self, link: _Link) -> None:
         if self._misses >= _SPIN_MISSES:
@@ -196,7 +192,7 @@ class SyncPublisher:
             self._spin_paused_until = time.monotonic() + _SPIN_PAUSE
 
     def close(self) -> None:
-        """Close the idle connections (one in use closes when its call returns False)."""
+        """Close the idle connections (one in use closes when its call returns None)."""
         idle, self._idle = self._idle, []
         for link in idle:
             self._discard(link)

@@ -16,7 +16,12 @@ scripts (:mod:`._redis_scripts`) so no step can be half done:
   so an ETA task is not held in a worker's memory;
 * publishers ring a doorbell channel when a queue's list stops being empty, so a waiting
   fetch wakes at once; Celery publishers don't ring, and their messages are found by a
-  poll every ``polling_interval`` (0.1 s).
+  poll every ``polling_interval`` (0.1 s);
+* a fetch whose claim came back short leaves an *offer* on its queues, and a celeriac
+  publish that finds one (and the queue empty) records the claim for that fetch and sends
+  it the message over pub/sub in the same script: an idle worker starts a task without a
+  claim's round trip. A hand-off nobody fetches within :data:`HANDOFF_HOLD` seconds, or
+  still held at close, goes back to its queue uncounted (see :mod:`._redis_scripts`).
 
 Priorities follow kombu on Redis: a message goes to the list of the largest step
 (``priority_steps``, default 0, 3, 6, 9) not above its priority, and **lower steps are
@@ -41,6 +46,7 @@ import logging
 import os
 import time
 import uuid
+from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, ClassVar, cast
 
@@ -95,6 +101,17 @@ logger = logging.getLogger("celeriac.messaging.redis")
 #: Messages per publish script call: bounds how long one call holds Redis.
 PUBLISH_CHUNK = 500
 
+#: Seconds a hand-off may wait for a fetch of its queue before it goes back to the queue
+#: (its fetch stopped, or was cancelled, while its offer was still out).
+HANDOFF_HOLD = 1.0
+
+#: Seconds an offer outlives its claim beyond ``polling_interval``, the longest an idle
+#: fetch goes between claims (each withdraws it and makes a new one).
+OFFER_MARGIN = 0.25
+
+#: Seconds ``close`` waits for Redis to confirm it stopped sending hand-offs.
+UNSUBSCRIBE_WAIT = 1.0
+
 
 class _Claim:
     """The receipt of one claimed list message: what fences and requeues it."""
@@ -115,14 +132,22 @@ class _Bell:
     A bell rings only for its own queues' doorbells (and for every failure or close), so
     the control consumer does not claim on every task's doorbell. ``idle_until`` records
     that the last claim came back short, which means the queues' lists were empty when it
-    ran: until then, or until the bell rings, another claim could only find nothing.
+    ran: until then, or until a doorbell sets ``due``, another claim could only find
+    nothing. A hand-off or a fanout message only wakes the fetch (``event``): it is in a
+    local buffer, and the offer a hand-off came through stays out for the rest.
     """
 
-    __slots__ = ("event", "idle_until")
+    __slots__ = ("due", "event", "idle_until", "names", "offer", "offered_until")
 
-    def __init__(self) -> None:
+    def __init__(self, names: tuple[str, ...], offer: str) -> None:
+        self.names = frozenset(names)
         self.event = asyncio.Event()
+        self.due = False
         self.idle_until = 0.0
+        #: The id of the offers its claims make (see ``_celeriac.offers``), and until when
+        #: (loop time) the last one may be out.
+        self.offer = offer
+        self.offered_until = 0.0
 
 
 class _FanoutReceipt:
@@ -194,10 +219,12 @@ class RedisTransport(Transport):
         self._said: set[Any] = set()
         self._pid = os.getpid()
         self._forks = _forks
+        self._forks_at_open = _forks
         self._rotation = 0
         self._next_restore = 0.0
         #: One bell per set of queues fetched together; queue name -> the bells it rings.
         self._bells: dict[tuple[str, ...], _Bell] = {}
+        self._offers_made = 0
         self._listeners: dict[str, list[_Bell]] = {}
         #: Queue lists whose doorbells this connection's subscriber already listens to.
         self._doorbells: set[tuple[str, ...]] = set()
@@ -205,6 +232,21 @@ class RedisTransport(Transport):
         self._exchanges: dict[str, str] = {}
         #: Local queues bound to fanout exchanges, and their buffers.
         self._fanout: dict[str, FanoutBuffer] = {}
+        #: Hand-offs come on this channel while ``_offering`` (subscribed to it on the
+        #: current subscriber); they wait per queue, with when they came, for a fetch.
+        self._handoff_id = uuid4_hex()
+        self._handoff_channel = f"{self.layout.prefix}_celeriac.handoff.{self._handoff_id}"
+        self._offering = False
+        #: Seconds an offer stays out, and until when (loop time) one of ours may be.
+        self._offer_life = self.settings.polling_interval + OFFER_MARGIN
+        self._offered_until = 0.0
+        #: Offers of superseded queue sets, withdrawn by the next claim (``_supersede``).
+        self._withdraw: list[str] = []
+        self._last_bell: _Bell | None = None
+        self._handoffs: dict[str, deque[tuple[float, Message]]] = {}
+        self._handoff_timer: asyncio.TimerHandle | None = None
+        #: Returns of unfetched hand-offs in flight (kept so they are not collected).
+        self._returning: set[asyncio.Task[None]] = set()
         #: Fanout exchange -> ``[(binding key, queue)]`` of local queues.
         self._fanout_routes: dict[str, list[tuple[str, str]]] = {}
 
@@ -248,8 +290,10 @@ class RedisTransport(Transport):
             self._sync = SyncPublisher.for_client(
                 options,
                 self.endpoint.db,
-                scripts.PUBLISH,
-                self._scripts["PUBLISH"].sha,
+                {
+                    name: (getattr(scripts, name), self._scripts[name].sha)
+                    for name in ("PUBLISH", "PUSH")
+                },
                 self.settings.sync_publish_spin,
             )
             if plain_options(options):
@@ -259,6 +303,12 @@ class RedisTransport(Transport):
                 except BaseException:
                     await self._drop()
                     raise
+        if self._forks_at_open != _forks:  # a forked child: the parent's hand-offs
+            self._handoffs.clear()
+            self._handoff_timer = None
+            self._returning.clear()
+        self._forks_at_open = _forks
+        self._offering = False
         self._doorbells.clear()
         self._plain.clear()
         self._presence_due.clear()
@@ -296,7 +346,9 @@ class RedisTransport(Transport):
         return aioredis.Redis(connection_pool=pool)
 
     async def close(self) -> None:
-        """Close the connections. Claims stay under their leases (a reconnect settles them)."""
+        """Close the connections. Claims stay under their leases (a reconnect settles
+        them), except hand-offs no fetch took: those go back to their queues."""
+        await self._stop_offering()
         await self._drop()
         self._fanout_routes.clear()
         self._fanout.clear()
@@ -371,25 +423,128 @@ class RedisTransport(Transport):
                 self._ring_all()
                 self._bells.clear()
                 self._listeners.clear()
-            bell = self._bells[names] = _Bell()
+            self._offers_made += 1
+            offer = f"{self._handoff_id}.{self._offers_made}"
+            bell = self._bells[names] = _Bell(names, offer)
             for name in names:
                 self._listeners.setdefault(name, []).append(bell)
         return bell
 
-    def _ring(self, queue: str) -> None:
+    def _ring(self, queue: str, due: bool = True) -> None:
+        """Wake the fetches of ``queue``; ``due``: a claim may find something new."""
         for bell in self._listeners.get(queue, ()):
+            if due:
+                bell.due = True
             bell.event.set()
 
     def _ring_all(self) -> None:
         for bell in self._bells.values():
+            bell.due = True
             bell.event.set()
 
-    def _on_ready(self, channel: str) -> None:
+    def _on_ready(self, channel: str, data: bytes) -> None:
         prefix = self.layout.ready_prefix
         if channel.startswith(prefix):
             self._ring(channel[len(prefix) :])
+        elif channel == self._handoff_channel:
+            self._on_handoff(data)
         else:
             self._ring_all()
+
+    def _on_handoff(self, data: bytes) -> None:
+        """A message a publish claimed for one of our fetches: ``"<token> <len(queue)>
+        <queue><envelope>"`` (see ``_celeriac.offers``)."""
+        try:
+            first = data.index(b" ")
+            second = data.index(b" ", first + 1)
+            token = data[:first].decode()
+            start = second + 1
+            end = start + int(data[first + 1 : second])
+            queue = data[start:end].decode()
+            raw = data[end:]
+            count = int(token)
+        except (ValueError, UnicodeDecodeError):
+            logger.error(
+                "broker %s: unreadable hand-off on %s (%r...): ignored; its claim is "
+                "restored when its lease passes",
+                self._where,
+                self._handoff_channel,
+                data[:80],
+            )
+            return
+        message = decode_envelope(raw, queue, count, None)
+        step = self.layout.step(_priority_of(message))
+        message.receipt = _Claim(message.delivery_tag or "", token, queue, step, raw)
+        loop = asyncio.get_running_loop()
+        self._handoffs.setdefault(queue, deque()).append((loop.time(), message))
+        if self._handoff_timer is None:
+            self._handoff_timer = loop.call_later(HANDOFF_HOLD, self._return_stale)
+        self._ring(queue, due=False)
+
+    def _take_handoffs(self, names: list[str], limit: int) -> list[Message]:
+        out: list[Message] = []
+        for name in names:
+            waiting = self._handoffs.get(name)
+            while waiting and len(out) < limit:
+                out.append(waiting.popleft()[1])
+        return out
+
+    def _return_stale(self) -> None:
+        """Hand-offs no fetch took in :data:`HANDOFF_HOLD` seconds go back to their queues
+        (their fetch stopped while its offer was out)."""
+        self._handoff_timer = None
+        loop = asyncio.get_running_loop()
+        due = loop.time() - HANDOFF_HOLD
+        stale: list[Message] = []
+        soonest = None
+        for waiting in self._handoffs.values():
+            while waiting and waiting[0][0] <= due:
+                stale.append(waiting.popleft()[1])
+            if waiting and (soonest is None or waiting[0][0] < soonest):
+                soonest = waiting[0][0]
+        if soonest is not None:
+            self._handoff_timer = loop.call_at(soonest + HANDOFF_HOLD, self._return_stale)
+        if stale:
+            task = loop.create_task(self._return_handoffs(stale))
+            self._returning.add(task)
+            task.add_done_callback(self._returning.discard)
+
+    async def _return_handoffs(self, messages: list[Message]) -> None:
+        """Put hand-offs the application never saw back at the front of their queues,
+        their delivery uncounted; one that cannot be is restored when its lease passes."""
+        try:
+            await self._requeue([cast(_Claim, m.receipt) for m in messages], uncount=True)
+        except Exception as exc:
+            logger.warning(
+                "broker %s: could not return %d unfetched hand-off(s) to their queues (%s): "
+                "they are restored when their lease passes",
+                self._where,
+                len(messages),
+                exc,
+            )
+
+    async def _stop_offering(self) -> None:
+        """Stop taking hand-offs and return those no fetch took. Unsubscribing first means
+        every hand-off Redis sent is here by then; later publishes find no receiver and
+        push as usual."""
+        subscriber = self._subscriber
+        offering, self._offering = self._offering, False
+        may_come = asyncio.get_running_loop().time() < self._offered_until + OFFER_MARGIN
+        if offering and may_come and subscriber is not None and subscriber.failure is None:
+            # Bounded: a Redis that does not answer cannot be waited for at close. A
+            # hand-off still on the wire then is restored when its lease passes.
+            with contextlib.suppress(Exception):
+                async with asyncio.timeout(UNSUBSCRIBE_WAIT):
+                    await subscriber.unsubscribe(self._handoff_channel)
+        if self._handoff_timer is not None:
+            self._handoff_timer.cancel()
+            self._handoff_timer = None
+        held = [m for waiting in self._handoffs.values() for _, m in waiting]
+        self._handoffs.clear()
+        if held and self._client is not None and self._forks == _forks:
+            await self._return_handoffs(held)
+        if self._returning:
+            await asyncio.gather(*self._returning, return_exceptions=True)
 
     def _on_failure(self, exc: BaseException) -> None:
         logger.warning("broker %s: subscription connection lost: %s", self._where, exc)
@@ -405,7 +560,7 @@ class RedisTransport(Transport):
                 buffer = self._fanout.get(queue)
                 if buffer is not None:
                     buffer.push(data)
-                    self._ring(queue)
+                    self._ring(queue, due=False)
 
     # -- topology ----------------------------------------------------------------------
 
@@ -576,13 +731,19 @@ class RedisTransport(Transport):
         head = self._publish_head
         with self._map_errors():
             if len(args) <= PUBLISH_CHUNK:
-                await script(keys=[], args=[*head, len(args), *_flat(args)], client=client)
-                return
-            async with client.pipeline(transaction=False) as pipe:
-                for start in range(0, len(args), PUBLISH_CHUNK):
-                    chunk = args[start : start + PUBLISH_CHUNK]
-                    await script(keys=[], args=[*head, len(chunk), *_flat(chunk)], client=pipe)
-                await pipe.execute()
+                replies = [
+                    await script(keys=[], args=[*head, len(args), *_flat(args)], client=client)
+                ]
+            else:
+                async with client.pipeline(transaction=False) as pipe:
+                    for start in range(0, len(args), PUBLISH_CHUNK):
+                        chunk = args[start : start + PUBLISH_CHUNK]
+                        await script(
+                            keys=[], args=[*head, len(chunk), *_flat(chunk)], client=pipe
+                        )
+                    replies = await pipe.execute()
+        if _DOORBELL_REFUSED in replies:
+            self._doorbell_refused(_refusal)
 
     def publish_sync(self, batch: Sequence[Outgoing]) -> bool:
         """Publish from sync code over a blocking connection, when that can be done plainly:
@@ -594,8 +755,10 @@ class RedisTransport(Transport):
         if len(batch) == 1 and self._is_plain(batch[0]):
             out = batch[0]
             check_outgoing(out)
-            key, envelope = self._plain_entry(out, {})
-            return publisher.push(key, envelope, self.layout.ready_prefix + out.routing_key)
+            reply = publisher.run_script("PUSH", self._push_args(out))
+            if reply == _DOORBELL_REFUSED:
+                self._doorbell_refused(_refusal)
+            return reply is not None
         types: dict[str, str] = {}
         for out in batch:
             check_outgoing(out)
@@ -607,17 +770,38 @@ class RedisTransport(Transport):
         args, fanout_only = self._publish_args(batch, types)
         if fanout_only:
             return False
-        return publisher.run_script([*self._publish_head, len(args), *_flat(args)])
+        reply = publisher.run_script("PUBLISH", [*self._publish_head, len(args), *_flat(args)])
+        if reply == _DOORBELL_REFUSED:
+            self._doorbell_refused(_refusal)
+        return reply is not None
 
     def _is_plain(self, out: Outgoing) -> bool:
         """Whether the publish script would only push ``out`` and ring: an undelayed
         message through the default exchange to a plain queue (see ``_plain``)."""
         return not out.exchange and out.not_before is None and out.routing_key in self._plain
 
+    def _push_args(self, out: Outgoing) -> list[Any]:
+        """The PUSH script's arguments for one message to a plain queue."""
+        message = out.message
+        priority = message_priority(message)
+        tag = message.delivery_tag or uuid4_hex()
+        return [
+            *self._publish_head,
+            out.routing_key,
+            self.layout.step(priority),
+            tag,
+            _envelope(out, tag, priority, False),
+        ]
+
     async def _push_plain_many(self, batch: Sequence[Outgoing]) -> None:
-        """Messages all bound for plain queues (see ``_plain``): one ``LPUSH`` per list and
-        one doorbell per queue, pipelined, instead of the script's per-message work in
-        Redis (about 5 us a message, against 1 for the push)."""
+        """Messages all bound for plain queues (see ``_plain``). One goes through the PUSH
+        script, which can hand it to a waiting fetch. More are pushed with one ``LPUSH``
+        per list and one doorbell per queue, pipelined, instead of a script's per-message
+        work in Redis (about 5 us a message, against 1 for the push)."""
+        if len(batch) == 1:
+            if await self._script("PUSH", [], self._push_args(batch[0])) == _DOORBELL_REFUSED:
+                self._doorbell_refused(_refusal)
+            return
         lists: dict[str, list[bytes]] = {}
         keys: dict[tuple[str, int], str] = {}
         for out in batch:
@@ -757,6 +941,8 @@ class RedisTransport(Transport):
             if len(self._doorbells) > 64:
                 self._doorbells.clear()
             self._doorbells.add(key)
+        if not self._offering and isinstance(subscriber, LinkSubscriber):
+            await self._start_offering(subscriber)
         while True:
             if self._client is None:
                 raise ConnectionClosedError(f"{self!r} was closed while fetching")
@@ -764,15 +950,28 @@ class RedisTransport(Transport):
             # queue sets) were rung, and the fresh one is what doorbells ring now
             bell = self._bell_for(key)
             event = bell.event
+            event.clear()  # what woke us is in the state checked below
+            if bell is not self._last_bell:
+                self._last_bell = bell
+                if self._offering:
+                    self._supersede(bell, loop.time())
             await self._maybe_restore()
             out = self._take_fanout(names, limit)
+            if self._handoffs:
+                handed = self._take_handoffs(names, limit - len(out))
+                if handed:  # at once: a claim now would cost what the hand-off saved
+                    return out + handed
             wanted = limit - len(out)
-            if wanted > 0 and (event.is_set() or loop.time() >= bell.idle_until):
+            if wanted > 0 and (bell.due or loop.time() >= bell.idle_until):
                 # cleared before the claim: a doorbell during the claim is kept
-                event.clear()
-                claimed, due = await self._claim(names, wanted)
+                bell.due = False
+                withdraw, self._withdraw = self._withdraw, []
+                claimed, due = await self._claim(names, wanted, bell.offer, withdraw)
                 out.extend(claimed)
                 if len(claimed) < wanted:  # the lists are empty: wait for the bell
+                    if self._offering:
+                        bell.offered_until = loop.time() + self._offer_life
+                        self._offered_until = max(self._offered_until, bell.offered_until)
                     idle = self.settings.polling_interval
                     bell.idle_until = loop.time() + (idle if due is None else min(idle, due))
                 else:
@@ -799,7 +998,43 @@ class RedisTransport(Transport):
         self._rotation += 1
         return names[start:] + names[:start]
 
-    async def _claim(self, names: list[str], limit: int) -> tuple[list[Message], float | None]:
+    async def _start_offering(self, subscriber: LinkSubscriber) -> None:
+        """Listen for hand-offs; refused (an ACL), fetches claim as before."""
+        try:
+            await self._listen(subscriber.subscribe, [self._handoff_channel])
+        except _Refused as refused:
+            if "doorbells" in self._said:  # no channel rights at all: said already
+                return
+            self._say_once(
+                "hand-offs",
+                "broker %s refused to subscribe to %s (%s): idle workers claim each new "
+                "message after its doorbell instead of receiving it with the publish; "
+                "allow this user the %s* channels",
+                self._handoff_channel,
+                refused,
+                f"{self.layout.prefix}_celeriac.handoff.",
+            )
+            return
+        self._offering = True
+
+    def _supersede(self, bell: _Bell, now: float) -> None:
+        """A fetch of a new set of queues, sharing some with another set whose offer may
+        still be out: the consumer's queues changed (a queue was added or cancelled), so
+        that offer goes with this fetch's next claim, which comes at once. (Disjoint sets,
+        such as the control consumer's, are left.)"""
+        for other in self._bells.values():
+            if (
+                other is not bell
+                and other.offered_until > now
+                and not other.names.isdisjoint(bell.names)
+            ):
+                other.offered_until = 0.0
+                self._withdraw.append(other.offer)
+                bell.due = True
+
+    async def _claim(
+        self, names: list[str], limit: int, offer: str = "", withdraw: Sequence[str] = ()
+    ) -> tuple[list[Message], float | None]:
         order = self._order(names)
         settings = self.settings
         # The served-by-celeriac mark lives PRESENCE_SECONDS; renewing it on every claim
@@ -821,6 +1056,10 @@ class RedisTransport(Transport):
                 int(settings.delivery_record_ttl),
                 len(order),
                 "1" if present else "",
+                offer if self._offering else "",
+                self._handoff_channel,
+                repr(self._offer_life),
+                " ".join(withdraw),
                 *order,
             ],
         )
@@ -874,14 +1113,17 @@ class RedisTransport(Transport):
                 buffer = self._fanout.get(receipt.queue)
                 if buffer is not None:
                     buffer.push(receipt.raw, front=True, count=receipt.count + 1)
-                    self._ring(receipt.queue)
+                    self._ring(receipt.queue, due=False)
             else:
                 claims.append(receipt)
         if claims:
-            args: list[Any] = [self.layout.prefix, self.layout.ready_prefix]
-            for c in claims:
-                args += [c.tag, c.token, self.layout.list_key(c.queue, c.step), c.queue, c.raw]
-            await self._script("REQUEUE", self._unacked_keys, args)
+            await self._requeue(claims)
+
+    async def _requeue(self, claims: Sequence[_Claim], uncount: bool = False) -> None:
+        args: list[Any] = [self.layout.prefix, self.layout.ready_prefix, "1" if uncount else ""]
+        for c in claims:
+            args += [c.tag, c.token, self.layout.list_key(c.queue, c.step), c.queue, c.raw]
+        await self._script("REQUEUE", self._unacked_keys, args)
 
     async def extend(self, messages: Sequence[Message], seconds: float | None = None) -> None:
         claims = [c for c in _receipts(self, messages) if isinstance(c, _Claim)]
@@ -1067,6 +1309,11 @@ def _flat(rows: list[tuple[Any, ...]]) -> list[Any]:
 
 class _Refused(Exception):
     """An ACL refused a subscription."""
+
+
+#: The PUSH script's reply when the message was stored but its doorbell refused.
+_DOORBELL_REFUSED = 3
+_refusal = _Refused("PUBLISH to the doorbell channel (NOPERM)")
 
 
 def _receipts(transport: RedisTransport, messages: Sequence[Message]) -> list[Any]:
