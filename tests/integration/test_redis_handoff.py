@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
 import uuid
 from collections.abc import Coroutine, Iterator
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 import pytest
 
-from celeriac.messaging import Message, Queue
+from celeriac.messaging import Exchange, Message, Queue
 from celeriac.messaging.transports.base import Outgoing
 from tests.redis_keys import delete_matching
 
@@ -184,7 +185,7 @@ def test_idle_workers_take_turns(shared: tuple[str, str, Any]) -> None:
     run(main())
 
 
-def test_handoffs_nobody_fetched_go_back_uncounted(shared: tuple[str, str, Any]) -> None:
+def test_handoffs_nobody_fetched_go_back(shared: tuple[str, str, Any]) -> None:
     url, prefix, raw = shared
 
     async def main() -> None:
@@ -198,11 +199,12 @@ def test_handoffs_nobody_fetched_go_back_uncounted(shared: tuple[str, str, Any])
             await client.publish([out(b"held")])
             assert raw.hlen(f"{prefix}unacked") == 1
             # Then after HANDOFF_HOLD seconds the message is back in the queue, and another
-            # worker gets it as a first delivery (the application never saw it)
+            # worker gets it (marked redelivered, as AMQP marks a prefetched message its
+            # consumer gave back)
             await asyncio.sleep(HANDOFF_HOLD + 0.3)
             assert raw.llen(f"{prefix}q") == 1 and raw.hlen(f"{prefix}unacked") == 0
             (got,) = await other.fetch(["q"], 10, 1.0)
-            assert got.body == b"held" and got.delivery_info["redelivered"] is False
+            assert got.body == b"held" and got.delivery_info["redelivered"] is True
             await other.ack([got])
             # (that fetch came back short, so it offers too; its worker then goes away,
             # and the next publish passes its offer by for the next one)
@@ -212,11 +214,11 @@ def test_handoffs_nobody_fetched_go_back_uncounted(shared: tuple[str, str, Any])
             await client.publish([out(b"at close")])
             assert raw.hlen(f"{prefix}unacked") == 1
             await worker.close()
-            # Then it is back in the queue too, uncounted
+            # Then it is back in the queue too
             assert raw.llen(f"{prefix}q") == 1 and raw.hlen(f"{prefix}unacked") == 0
             other = await opened(url, global_keyprefix=prefix)
             (got,) = await other.fetch(["q"], 10, 1.0)
-            assert got.body == b"at close" and got.delivery_info["redelivered"] is False
+            assert got.body == b"at close"
             await other.ack([got])
         finally:
             for t in (worker, client, other):
@@ -293,11 +295,15 @@ def test_a_handoff_to_a_vanished_worker_is_queued(private_redis: RedisServer) ->
             await client.declare_queue(Queue("q"))
             await waiting(worker)
             # When the worker's pub/sub connection is gone (a killed worker) with its
-            # offer still out
+            # offer still out, while a monitoring tool listens to every channel
             raw.client_kill_filter(_type="pubsub")
-            # Then the publish finds no receiver, takes its claim back and queues the
-            # message, as if there had been no offer
+            watcher = raw.pubsub()
+            watcher.psubscribe("*")
+            watcher.get_message(timeout=1.0)
+            # Then the publish finds nobody subscribed to the worker's channel and queues
+            # the message, as if there had been no offer
             await client.publish([out(b"m")])
+            watcher.close()
             assert raw.llen("q") == 1
             assert raw.hlen("unacked") == 0 and raw.zcard("unacked_index") == 0
             assert raw.exists("_celeriac.delivery.m") == 0
@@ -313,3 +319,123 @@ def test_a_handoff_to_a_vanished_worker_is_queued(private_redis: RedisServer) ->
 
     run(main())
     raw.close()
+
+
+def test_handoffs_held_when_the_connection_broke_survive_the_reconnect(
+    private_redis: RedisServer,
+) -> None:
+    url = private_redis.url
+    raw = redis.Redis.from_url(url)
+
+    async def main() -> None:
+        worker = await opened(url)
+        client = await opened(url)
+        try:
+            await client.declare_queue(Queue("q"))
+            await waiting(worker)
+            await client.publish([out(b"m")])
+            await asyncio.sleep(0.05)  # the hand-off is in the worker's buffer
+            # When the worker's pub/sub connection breaks, and the connection reconnects
+            # as celeriac's Connection does it (close, then connect)
+            raw.client_kill_filter(_type="pubsub")
+            await asyncio.sleep(0.05)
+            assert not worker.is_connected
+            await worker.close()
+            await worker.connect()
+            # Then the message is not left to its lease: the next fetch has it
+            (got,) = await worker.fetch(["q"], 10, 2.0)
+            assert got.body == b"m"
+            await worker.ack([got])
+            assert raw.hlen("unacked") == 0 and raw.llen("q") == 0
+        finally:
+            await worker.close()
+            await client.close()
+
+    run(main())
+    raw.close()
+
+
+def test_a_message_routed_to_two_queues_keeps_both_copies(shared: tuple[str, str, Any]) -> None:
+    url, prefix, raw = shared
+
+    async def main() -> None:
+        one = await opened(url, global_keyprefix=prefix)
+        two = await opened(url, global_keyprefix=prefix)
+        client = await opened(url, global_keyprefix=prefix)
+        try:
+            jobs = Exchange("jobs")
+            await client.declare_queue(Queue("a", jobs, "k"))
+            await client.declare_queue(Queue("b", jobs, "k"))
+            await waiting(one, "a")
+            await waiting(two, "b")
+            # When one message (one delivery tag) is routed to both waiting queues
+            await client.publish([Outgoing(message(b"both"), "jobs", "k")])
+            # Then the copies do not share one claim record: the first is handed off, and
+            # the second queued instead of overwriting its record; both are delivered
+            (tag,) = raw.hkeys(f"{prefix}unacked")
+            assert json.loads(raw.hget(f"{prefix}unacked", tag))[2] == "a"
+            assert raw.llen(f"{prefix}b") == 1
+            got = await one.fetch(["a"], 10, 1.0) + await two.fetch(["b"], 10, 1.0)
+            assert [m.body for m in got] == [b"both", b"both"]
+        finally:
+            for t in (one, two, client):
+                await t.close()
+
+    run(main())
+
+
+def test_a_refused_handoff_channel_is_asked_for_once(private_redis: RedisServer) -> None:
+    # Given a user who may listen to doorbells but not to hand-off channels
+    url = private_redis.user_url("bells", channels=["_celeriac.ready/*"])
+    raw = redis.Redis.from_url(private_redis.url)
+
+    async def main() -> None:
+        worker = await opened(url, polling_interval=0.01)
+        try:
+            for _ in range(10):
+                assert await worker.fetch(["q"], 10, 0.02) == []
+        finally:
+            await worker.close()
+
+    run(main())
+    # Then its fetches work as before, and only the first asked for the channel
+    stats = raw.info("commandstats")["cmdstat_subscribe"]
+    assert stats["rejected_calls"] == 1
+    raw.close()
+
+
+def test_a_forked_child_takes_handoffs_of_its_own(shared: tuple[str, str, Any]) -> None:
+    url, prefix, _ = shared
+
+    async def main() -> tuple[int, int]:
+        t = await opened(url, global_keyprefix=prefix)
+        await waiting(t)  # the parent offers
+        ready_r, ready_w = os.pipe()
+        go_r, go_w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a prefork child reconnecting the transport it inherited
+
+            async def child() -> int:
+                await t.connect()
+                await waiting(t)  # the child offers too
+                os.write(ready_w, b"r")
+                await asyncio.to_thread(os.read, go_r, 1)
+                return len(await t.fetch(["q"], 10, 0.5))
+
+            os._exit(asyncio.run(child()))
+        await asyncio.to_thread(os.read, ready_r, 1)
+        client = await opened(url, global_keyprefix=prefix)
+        # When two messages are published while both processes wait
+        for body in (b"one", b"two"):
+            await client.publish([out(body)])
+        await client.close()
+        os.write(go_w, b"g")
+        got = await t.fetch(["q"], 10, 0.5)
+        _, status = await asyncio.to_thread(os.waitpid, pid, 0)
+        await t.close()
+        return len(got), os.waitstatus_to_exitcode(status)
+
+    # Then each message reached one process: the child did not listen on the parent's
+    # hand-off channel or take over its offer
+    parent, child = run(main())
+    assert parent + child == 2

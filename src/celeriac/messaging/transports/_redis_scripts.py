@@ -32,9 +32,10 @@ unacked. The scripts keep kombu's keys exactly (queue lists and priority sub-lis
   timeout, delivery record lifetime, unacked, unacked_index, lease, offer lifetime,
   queue...]``. A publish that finds a live offer on a queue with no message waiting
   records the claim itself and sends ``"<token> <len(queue)> <queue><envelope>"`` on the
-  channel: the fetch saves a claim's round trip per message. With no receiver it undoes
-  the claim, withdraws the offer and pushes as usual. The fetch's next claim withdraws
-  the offer (and makes a new one if it comes back short).
+  channel: the fetch saves a claim's round trip per message. With nobody subscribed to
+  the channel (its worker went away) it withdraws the offer and pushes as usual. The
+  fetch's next claim withdraws the offer (and makes a new one if it comes back short).
+  An offer takes at most :data:`OFFER_LIMIT` messages.
 
 Times are seconds (floats) from Redis ``TIME`` unless a name says ms. Keys are built inside
 the scripts from the global key prefix, as kombu builds them (so, like kombu, this layout
@@ -64,6 +65,9 @@ __all__ = [
 PRESENCE_SECONDS = 120
 #: Seconds between a consumer's renewals of that mark (well inside its lifetime).
 PRESENCE_REFRESH = 30
+#: Most messages one offer takes before its fetch claims again: bounds what a worker
+#: whose connection dies with hand-offs still on the wire leaves to its leases.
+OFFER_LIMIT = 16
 
 _PRELUDE = r"""
 local P, SEP = ARGV[1], ARGV[2]
@@ -164,8 +168,10 @@ end
 _HANDOFF = r"""
 -- Give a message bound for queue q to a celeriac fetch waiting on it, recorded as that
 -- fetch's claim exactly as CLAIM records one. False, with nothing changed, when no live
--- offer took it or q already holds messages (those go first). The offer served goes to
--- the back of q's line, so idle fetches take turns.
+-- offer took it, q already holds messages (those go first), or the delivery tag has a
+-- claim or a delivery history already (a message routed to two queues: their claims
+-- would share one record). The offer served goes to the back of q's line, so idle
+-- fetches take turns.
 local function handoff(q, tag, env)
   local zkey = OFFERS .. q
   if redis.call('EXISTS', zkey) == 0 then return false end
@@ -173,40 +179,37 @@ local function handoff(q, tag, env)
   for _, s in ipairs(STEPS) do keys[#keys + 1] = list_key(q, s) end
   if redis.call('EXISTS', unpack(keys)) > 0 then return false end
   local dk = P .. '_celeriac.delivery.' .. tag
+  if redis.call('EXISTS', dk) == 1 then return false end
   for _, id in ipairs(redis.call('ZRANGEBYSCORE', zkey, NOW, '+inf', 'LIMIT', 0, 3)) do
     local okey = P .. '_celeriac.offer.' .. id
     local f = redis.call('HMGET', okey, 'spec', 'n')
     if f[1] then
       local spec = cjson.decode(f[1])
-      local unacked, index, lease = spec[4], spec[5], spec[6]
-      local before = redis.call('HGET', dk, 's')
-      redis.call('HSET', unacked, tag, '[' .. env .. ', "", ' .. cjson.encode(q) .. ']')
-      redis.call('ZADD', index, NOW, tag)
-      redis.call('ZADD', lease, NOW + tonumber(spec[2]), tag)
-      local n = redis.call('HINCRBY', dk, 'n', 1)
-      redis.call('HSET', dk, 's', redis.call('ZSCORE', index, tag))
-      redis.call('EXPIRE', dk, spec[3])
-      local sent = redis.pcall('PUBLISH', spec[1], n .. ' ' .. #q .. ' ' .. q .. env)
-      if type(sent) == 'number' and sent > 0 then
-        if tonumber(f[2]) <= 1 then
-          withdraw(id, spec)
-        else
-          redis.call('HINCRBY', okey, 'n', -1)
-          redis.call('ZADD', zkey, NOW + tonumber(spec[7]), id)
+      local chan, unacked, index, lease = spec[1], spec[4], spec[5], spec[6]
+      if redis.call('HEXISTS', unacked, tag) == 1 then return false end
+      -- channel subscribers only (PUBLISH also counts pattern subscribers): its fetch
+      if redis.call('PUBSUB', 'NUMSUB', chan)[2] > 0 then
+        redis.call('HSET', unacked, tag, '[' .. env .. ', "", ' .. cjson.encode(q) .. ']')
+        redis.call('ZADD', index, NOW, tag)
+        redis.call('ZADD', lease, NOW + tonumber(spec[2]), tag)
+        redis.call('HSET', dk, 'n', 1, 's', redis.call('ZSCORE', index, tag))
+        redis.call('EXPIRE', dk, spec[3])
+        local sent = redis.pcall('PUBLISH', chan, '1 ' .. #q .. ' ' .. q .. env)
+        if type(sent) == 'number' and sent > 0 then
+          if tonumber(f[2]) <= 1 then
+            withdraw(id, spec)
+          else
+            redis.call('HINCRBY', okey, 'n', -1)
+            redis.call('ZADD', zkey, NOW + tonumber(spec[7]), id)
+          end
+          return true
         end
-        return true
-      end
-      -- nobody listens on the channel any more (its fetch went away): undo
-      redis.call('HDEL', unacked, tag)
-      redis.call('ZREM', index, tag)
-      redis.call('ZREM', lease, tag)
-      if n > 1 then
-        redis.call('HINCRBY', dk, 'n', -1)
-        if before then redis.call('HSET', dk, 's', before) else redis.call('HDEL', dk, 's') end
-      else
+        redis.call('HDEL', unacked, tag)  -- refused (an ACL): undone
+        redis.call('ZREM', index, tag)
+        redis.call('ZREM', lease, tag)
         redis.call('DEL', dk)
       end
-      withdraw(id, spec)
+      withdraw(id, spec)  -- its fetch went away
     else
       redis.call('ZREM', zkey, id)
     end
@@ -230,7 +233,7 @@ PUBLISH = (
     + r"""
 local READY = ARGV[4]
 local count = tonumber(ARGV[5])
-local tables, infos, touched, ready, order = {}, {}, {}, {}, {}
+local tables, infos, ready = {}, {}, {}
 
 local function words(s)
   local t = {}
@@ -345,10 +348,6 @@ for _ = 1, count do
         end
         if info.expires then
           for _, s in ipairs(STEPS) do redis.call('PEXPIRE', list_key(q, s), info.expires) end
-        end
-        if not touched[q] then
-          touched[q] = true
-          order[#order + 1] = q
         end
       end
     end
@@ -570,7 +569,9 @@ if got < limit and offer_id ~= '' and #offered > 0 then
   for _, q in ipairs(offered) do spec[#spec + 1] = q end
   local ms = math.ceil(life * 1000)
   local okey = P .. '_celeriac.offer.' .. offer_id
-  redis.call('HSET', okey, 'spec', cjson.encode(spec), 'n', limit - got)
+  redis.call('HSET', okey, 'spec', cjson.encode(spec), 'n', math.min(limit - got, """
+    + str(OFFER_LIMIT)
+    + r"""))
   redis.call('PEXPIRE', okey, ms)
   for _, q in ipairs(offered) do
     local zkey = OFFERS .. q
@@ -666,30 +667,23 @@ return done
 )
 
 #: Return current claims to the front of their queues. KEYS as ACK. ARGV[1] = prefix,
-#: ARGV[2] = doorbell prefix, ARGV[3] = '1' when the claims never reached the application
-#: (hand-offs nobody fetched): their delivery is not counted. Then 5 fields each: tag,
-#: token, list key, queue, envelope.
+#: ARGV[2] = doorbell prefix, then 5 fields each: tag, token, list key, queue, envelope.
 REQUEUE = (
     r"""
 local P, READY = ARGV[1], ARGV[2]
-local uncount = ARGV[3] == '1'
 """
     + _RING
     + _FENCE
     + r"""
 local done, ready = 0, {}
-for i = 4, #ARGV, 5 do
+for i = 3, #ARGV, 5 do
   local tag = ARGV[i]
   local ok, dk = current(tag, ARGV[i + 1])
   if ok and redis.call('HEXISTS', KEYS[1], tag) == 1 then
     redis.call('ZREM', KEYS[2], tag)
     redis.call('HDEL', KEYS[1], tag)
     redis.call('ZREM', KEYS[3], tag)
-    if uncount and redis.call('HINCRBY', dk, 'n', -1) <= 0 then
-      redis.call('DEL', dk)
-    else
-      redis.call('HDEL', dk, 's')
-    end
+    redis.call('HDEL', dk, 's')
     if redis.call('RPUSH', ARGV[i + 2], ARGV[i + 4]) == 1 then ready[ARGV[i + 3]] = true end
     done = done + 1
   end

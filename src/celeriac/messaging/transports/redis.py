@@ -21,7 +21,7 @@ scripts (:mod:`._redis_scripts`) so no step can be half done:
   publish that finds one (and the queue empty) records the claim for that fetch and sends
   it the message over pub/sub in the same script: an idle worker starts a task without a
   claim's round trip. A hand-off nobody fetches within :data:`HANDOFF_HOLD` seconds, or
-  still held at close, goes back to its queue uncounted (see :mod:`._redis_scripts`).
+  still held at close, goes back to its queue (see :mod:`._redis_scripts`).
 
 Priorities follow kombu on Redis: a message goes to the list of the largest step
 (``priority_steps``, default 0, 3, 6, 9) not above its priority, and **lower steps are
@@ -109,8 +109,9 @@ HANDOFF_HOLD = 1.0
 #: fetch goes between claims (each withdraws it and makes a new one).
 OFFER_MARGIN = 0.25
 
-#: Seconds ``close`` waits for Redis to confirm it stopped sending hand-offs.
-UNSUBSCRIBE_WAIT = 1.0
+#: Seconds ``close`` waits for Redis to confirm it stopped sending hand-offs, and a
+#: return of unfetched hand-offs waits for Redis.
+RETURN_WAIT = 1.0
 
 
 class _Claim:
@@ -234,12 +235,15 @@ class RedisTransport(Transport):
         self._fanout: dict[str, FanoutBuffer] = {}
         #: Hand-offs come on this channel while ``_offering`` (subscribed to it on the
         #: current subscriber); they wait per queue, with when they came, for a fetch.
-        self._handoff_id = uuid4_hex()
-        self._handoff_channel = f"{self.layout.prefix}_celeriac.handoff.{self._handoff_id}"
+        self._handoff_id = ""
+        self._handoff_channel = ""
+        self._new_handoff_channel()
         self._offering = False
-        #: Seconds an offer stays out, and until when (loop time) one of ours may be.
+        #: An ACL refused the hand-off channel (until the next connect), or close began.
+        self._offers_refused = False
+        self._closing = False
+        #: Seconds an offer stays out.
         self._offer_life = self.settings.polling_interval + OFFER_MARGIN
-        self._offered_until = 0.0
         #: Offers of superseded queue sets, withdrawn by the next claim (``_supersede``).
         self._withdraw: list[str] = []
         self._last_bell: _Bell | None = None
@@ -303,12 +307,22 @@ class RedisTransport(Transport):
                 except BaseException:
                     await self._drop()
                     raise
-        if self._forks_at_open != _forks:  # a forked child: the parent's hand-offs
+        if self._forks_at_open != _forks:
+            # A forked child: the hand-offs, offers and channel are the parent's.
+            self._new_handoff_channel()
             self._handoffs.clear()
             self._handoff_timer = None
             self._returning.clear()
+            self._bells.clear()
+            self._listeners.clear()
+            self._last_bell = None
+            self._withdraw.clear()
+        elif self._handoffs:  # reconnected: what close could not return goes back now
+            self._arm_return()
         self._forks_at_open = _forks
         self._offering = False
+        self._offers_refused = False
+        self._closing = False
         self._doorbells.clear()
         self._plain.clear()
         self._presence_due.clear()
@@ -347,7 +361,9 @@ class RedisTransport(Transport):
 
     async def close(self) -> None:
         """Close the connections. Claims stay under their leases (a reconnect settles
-        them), except hand-offs no fetch took: those go back to their queues."""
+        them), except hand-offs no fetch took: those go back to their queues (or, where
+        Redis cannot be reached, wait for a reconnect or their leases)."""
+        self._closing = True
         await self._stop_offering()
         await self._drop()
         self._fanout_routes.clear()
@@ -451,6 +467,10 @@ class RedisTransport(Transport):
         else:
             self._ring_all()
 
+    def _new_handoff_channel(self) -> None:
+        self._handoff_id = uuid4_hex()
+        self._handoff_channel = f"{self.layout.prefix}_celeriac.handoff.{self._handoff_id}"
+
     def _on_handoff(self, data: bytes) -> None:
         """A message a publish claimed for one of our fetches: ``"<token> <len(queue)>
         <queue><envelope>"`` (see ``_celeriac.offers``)."""
@@ -475,76 +495,103 @@ class RedisTransport(Transport):
         message = decode_envelope(raw, queue, count, None)
         step = self.layout.step(_priority_of(message))
         message.receipt = _Claim(message.delivery_tag or "", token, queue, step, raw)
-        loop = asyncio.get_running_loop()
-        self._handoffs.setdefault(queue, deque()).append((loop.time(), message))
-        if self._handoff_timer is None:
-            self._handoff_timer = loop.call_later(HANDOFF_HOLD, self._return_stale)
+        self._handoffs.setdefault(queue, deque()).append(
+            (asyncio.get_running_loop().time(), message)
+        )
+        self._arm_return()
         self._ring(queue, due=False)
 
     def _take_handoffs(self, names: list[str], limit: int) -> list[Message]:
         out: list[Message] = []
+        handoffs = self._handoffs
         for name in names:
-            waiting = self._handoffs.get(name)
+            waiting = handoffs.get(name)
+            if waiting is None:
+                continue
             while waiting and len(out) < limit:
                 out.append(waiting.popleft()[1])
+            if not waiting:
+                del handoffs[name]
         return out
+
+    def _holds_handoffs(self, names: list[str]) -> bool:
+        return bool(self._handoffs) and any(name in self._handoffs for name in names)
+
+    def _arm_return(self) -> None:
+        """Return stale hand-offs when the oldest has waited :data:`HANDOFF_HOLD` s."""
+        if self._handoff_timer is None and self._handoffs:
+            oldest = min(waiting[0][0] for waiting in self._handoffs.values())
+            self._handoff_timer = asyncio.get_running_loop().call_at(
+                oldest + HANDOFF_HOLD, self._return_stale
+            )
 
     def _return_stale(self) -> None:
         """Hand-offs no fetch took in :data:`HANDOFF_HOLD` seconds go back to their queues
         (their fetch stopped while its offer was out)."""
         self._handoff_timer = None
+        if self._client is None:  # closed: a reconnect arms this again
+            return
         loop = asyncio.get_running_loop()
         due = loop.time() - HANDOFF_HOLD
         stale: list[Message] = []
-        soonest = None
-        for waiting in self._handoffs.values():
+        for name in list(self._handoffs):
+            waiting = self._handoffs[name]
             while waiting and waiting[0][0] <= due:
                 stale.append(waiting.popleft()[1])
-            if waiting and (soonest is None or waiting[0][0] < soonest):
-                soonest = waiting[0][0]
-        if soonest is not None:
-            self._handoff_timer = loop.call_at(soonest + HANDOFF_HOLD, self._return_stale)
+            if not waiting:
+                del self._handoffs[name]
+        self._arm_return()
         if stale:
             task = loop.create_task(self._return_handoffs(stale))
             self._returning.add(task)
             task.add_done_callback(self._returning.discard)
 
     async def _return_handoffs(self, messages: list[Message]) -> None:
-        """Put hand-offs the application never saw back at the front of their queues,
-        their delivery uncounted; one that cannot be is restored when its lease passes."""
+        """Put hand-offs the application never saw back at the front of their queues (as
+        AMQP brokers do with prefetched messages, they come back marked redelivered).
+        Where Redis cannot take them now they are kept for a fetch or a later try: they
+        are valid claims, and dropping them would leave them to their leases."""
         try:
-            await self._requeue([cast(_Claim, m.receipt) for m in messages], uncount=True)
+            async with asyncio.timeout(RETURN_WAIT):
+                await self._requeue([cast(_Claim, m.receipt) for m in messages])
         except Exception as exc:
             logger.warning(
                 "broker %s: could not return %d unfetched hand-off(s) to their queues (%s): "
-                "they are restored when their lease passes",
+                "kept for a fetch or the next try",
                 self._where,
                 len(messages),
                 exc,
             )
+            now = asyncio.get_running_loop().time()
+            for m in reversed(messages):
+                claim = cast(_Claim, m.receipt)
+                self._handoffs.setdefault(claim.queue, deque()).appendleft((now, m))
+            self._arm_return()
 
     async def _stop_offering(self) -> None:
         """Stop taking hand-offs and return those no fetch took. Unsubscribing first means
-        every hand-off Redis sent is here by then; later publishes find no receiver and
+        every hand-off Redis sent is here by then; later publishes find no subscriber and
         push as usual."""
-        subscriber = self._subscriber
         offering, self._offering = self._offering, False
-        may_come = asyncio.get_running_loop().time() < self._offered_until + OFFER_MARGIN
-        if offering and may_come and subscriber is not None and subscriber.failure is None:
+        if self._forks != _forks:  # the parent's connection and hand-offs: leave them be
+            return
+        subscriber = self._subscriber
+        if offering and subscriber is not None and subscriber.failure is None:
             # Bounded: a Redis that does not answer cannot be waited for at close. A
             # hand-off still on the wire then is restored when its lease passes.
             with contextlib.suppress(Exception):
-                async with asyncio.timeout(UNSUBSCRIBE_WAIT):
+                async with asyncio.timeout(RETURN_WAIT):
                     await subscriber.unsubscribe(self._handoff_channel)
         if self._handoff_timer is not None:
             self._handoff_timer.cancel()
             self._handoff_timer = None
-        held = [m for waiting in self._handoffs.values() for _, m in waiting]
-        self._handoffs.clear()
-        if held and self._client is not None and self._forks == _forks:
+        if self._handoffs and self.is_connected:
+            held = [m for waiting in self._handoffs.values() for _, m in waiting]
+            self._handoffs.clear()
             await self._return_handoffs(held)
+        # else kept: a reconnect arms their return, and a fetch may still take them
         if self._returning:
-            await asyncio.gather(*self._returning, return_exceptions=True)
+            await asyncio.wait(self._returning, timeout=RETURN_WAIT)
 
     def _on_failure(self, exc: BaseException) -> None:
         logger.warning("broker %s: subscription connection lost: %s", self._where, exc)
@@ -941,7 +988,9 @@ class RedisTransport(Transport):
             if len(self._doorbells) > 64:
                 self._doorbells.clear()
             self._doorbells.add(key)
-        if not self._offering and isinstance(subscriber, LinkSubscriber):
+        if not (self._offering or self._offers_refused or self._closing) and isinstance(
+            subscriber, LinkSubscriber
+        ):
             await self._start_offering(subscriber)
         while True:
             if self._client is None:
@@ -955,12 +1004,12 @@ class RedisTransport(Transport):
                 self._last_bell = bell
                 if self._offering:
                     self._supersede(bell, loop.time())
-            await self._maybe_restore()
             out = self._take_fanout(names, limit)
             if self._handoffs:
                 handed = self._take_handoffs(names, limit - len(out))
                 if handed:  # at once: a claim now would cost what the hand-off saved
                     return out + handed
+            await self._maybe_restore()
             wanted = limit - len(out)
             if wanted > 0 and (bell.due or loop.time() >= bell.idle_until):
                 # cleared before the claim: a doorbell during the claim is kept
@@ -971,7 +1020,6 @@ class RedisTransport(Transport):
                 if len(claimed) < wanted:  # the lists are empty: wait for the bell
                     if self._offering:
                         bell.offered_until = loop.time() + self._offer_life
-                        self._offered_until = max(self._offered_until, bell.offered_until)
                     idle = self.settings.polling_interval
                     bell.idle_until = loop.time() + (idle if due is None else min(idle, due))
                 else:
@@ -986,7 +1034,8 @@ class RedisTransport(Transport):
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(max(wait, 0.001)):
                     await event.wait()
-            self._require()  # closed or broken while waiting: say so
+            if not self._holds_handoffs(names):  # (claims: taken even from a broken link)
+                self._require()  # closed or broken while waiting: say so
 
     def _order(self, names: list[str]) -> list[str]:
         strategy = self.settings.queue_order_strategy
@@ -1003,6 +1052,7 @@ class RedisTransport(Transport):
         try:
             await self._listen(subscriber.subscribe, [self._handoff_channel])
         except _Refused as refused:
+            self._offers_refused = True
             if "doorbells" in self._said:  # no channel rights at all: said already
                 return
             self._say_once(
@@ -1119,8 +1169,8 @@ class RedisTransport(Transport):
         if claims:
             await self._requeue(claims)
 
-    async def _requeue(self, claims: Sequence[_Claim], uncount: bool = False) -> None:
-        args: list[Any] = [self.layout.prefix, self.layout.ready_prefix, "1" if uncount else ""]
+    async def _requeue(self, claims: Sequence[_Claim]) -> None:
+        args: list[Any] = [self.layout.prefix, self.layout.ready_prefix]
         for c in claims:
             args += [c.tag, c.token, self.layout.list_key(c.queue, c.step), c.queue, c.raw]
         await self._script("REQUEUE", self._unacked_keys, args)
