@@ -71,7 +71,6 @@ def test_a_waiting_fetch_gets_a_message_with_its_publish(shared: tuple[str, str,
         worker = await opened(url, global_keyprefix=prefix)
         client = await opened(url, global_keyprefix=prefix)
         try:
-            await client.declare_queue(Queue("q"))
             for body, send in ((b"async", client.publish), (b"sync", None)):
                 await waiting(worker)
                 # When a client publishes while the worker waits (async, then from sync code)
@@ -101,6 +100,49 @@ def test_a_waiting_fetch_gets_a_message_with_its_publish(shared: tuple[str, str,
     run(main())
 
 
+def test_a_plain_queue_learns_that_offers_are_out(shared: tuple[str, str, Any]) -> None:
+    url, prefix, raw = shared
+
+    async def main() -> None:
+        worker = await opened(url, global_keyprefix=prefix)
+        client = await opened(url, global_keyprefix=prefix)
+        try:
+            # Given a queue declared plain (no TTL, no expiry) by the publishing process:
+            # its pushes skip the scripts until one finds offers out
+            await client.declare_queue(Queue("q"))
+            await waiting(worker)
+            for send in ("async", "sync", "async", "sync"):
+                if send == "sync":
+                    assert await asyncio.to_thread(client.publish_sync, [out(b"s")])
+                else:
+                    await client.publish([out(b"a")])
+                got = await worker.fetch(["q"], 10, 1.0)
+                await worker.ack(got)
+                # (the worker's claim, having found the queue empty, offers again)
+                assert await worker.fetch(["q"], 10, 0.01) == []
+            assert raw.llen(f"{prefix}q") == 0
+            # Then only the first push went to the queue (and learned of the offer): the
+            # others were handed off, never rung and claimed
+            stats = raw.info("commandstats")
+            before = stats["cmdstat_lpush"]["calls"]
+            await client.publish([out(b"last")])
+            assert raw.info("commandstats")["cmdstat_lpush"]["calls"] == before
+            assert raw.hlen(f"{prefix}unacked") == 1
+            (got,) = await worker.fetch(["q"], 10, 1.0)
+            await worker.ack([got])
+            # And once no offer is out (the worker stopped fetching and its offer
+            # lapsed), a push finds that out and the next one is plain again
+            await asyncio.sleep(0.5)
+            await client.publish([out(b"x")])
+            await client.publish([out(b"y")])
+            assert raw.llen(f"{prefix}q") == 2
+        finally:
+            await worker.close()
+            await client.close()
+
+    run(main())
+
+
 def test_an_offer_takes_no_more_than_the_fetch_asked_for(shared: tuple[str, str, Any]) -> None:
     url, prefix, raw = shared
 
@@ -108,7 +150,6 @@ def test_an_offer_takes_no_more_than_the_fetch_asked_for(shared: tuple[str, str,
         worker = await opened(url, global_keyprefix=prefix)
         client = await opened(url, global_keyprefix=prefix)
         try:
-            await client.declare_queue(Queue("q"))
             # Given a worker with room for 3 more messages, waiting
             await waiting(worker, limit=3)
             # When 5 are published one at a time
@@ -139,11 +180,13 @@ def test_messages_already_waiting_go_first(shared: tuple[str, str, Any]) -> None
     async def main() -> None:
         worker = await opened(url, global_keyprefix=prefix)
         client = await opened(url, global_keyprefix=prefix)
+        filler = await opened(url, global_keyprefix=prefix)
         try:
-            await client.declare_queue(Queue("q"))
+            await filler.declare_queue(Queue("q"))
             await waiting(worker)
-            # Given messages pushed past the offer (two at once are pushed, not handed off)
-            await client.publish([out(b"first"), out(b"second")])
+            # Given messages pushed past the offer (two at once to a queue declared plain
+            # here are pushed, not handed off)
+            await filler.publish([out(b"first"), out(b"second")])
             # When one more is published while the offer is still out
             await client.publish([out(b"third")])
             # Then it queues behind them instead of overtaking them
@@ -152,8 +195,8 @@ def test_messages_already_waiting_go_first(shared: tuple[str, str, Any]) -> None
             assert [m.body for m in got] == [b"first", b"second", b"third"]
             await worker.ack(got)
         finally:
-            await worker.close()
-            await client.close()
+            for t in (worker, client, filler):
+                await t.close()
 
     run(main())
 
@@ -166,7 +209,6 @@ def test_idle_workers_take_turns(shared: tuple[str, str, Any]) -> None:
         two = await opened(url, global_keyprefix=prefix)
         client = await opened(url, global_keyprefix=prefix)
         try:
-            await client.declare_queue(Queue("q"))
             await waiting(one)
             await waiting(two)
             for i in range(4):
@@ -193,7 +235,6 @@ def test_handoffs_nobody_fetched_go_back(shared: tuple[str, str, Any]) -> None:
         client = await opened(url, global_keyprefix=prefix)
         other = await opened(url, global_keyprefix=prefix)
         try:
-            await client.declare_queue(Queue("q"))
             # Given a worker that stops fetching while its offer is out (a cancelled queue)
             await waiting(worker)
             await client.publish([out(b"held")])
@@ -235,7 +276,6 @@ def test_a_handoff_whose_holder_died_is_restored(shared: tuple[str, str, Any]) -
         client = await opened(url, global_keyprefix=prefix)
         rescuer = await opened(url, global_keyprefix=prefix, visibility_timeout=1)
         try:
-            await client.declare_queue(Queue("q"))
             await waiting(worker)
             await client.publish([out(b"lost")])
             (got,) = await worker.fetch(["q"], 10, 1.0)
@@ -292,7 +332,6 @@ def test_a_handoff_to_a_vanished_worker_is_queued(private_redis: RedisServer) ->
         worker = await opened(url)
         client = await opened(url)
         try:
-            await client.declare_queue(Queue("q"))
             await waiting(worker)
             # When the worker's pub/sub connection is gone (a killed worker) with its
             # offer still out, while a monitoring tool listens to every channel
@@ -331,7 +370,6 @@ def test_handoffs_held_when_the_connection_broke_survive_the_reconnect(
         worker = await opened(url)
         client = await opened(url)
         try:
-            await client.declare_queue(Queue("q"))
             await waiting(worker)
             await client.publish([out(b"m")])
             await asyncio.sleep(0.05)  # the hand-off is in the worker's buffer

@@ -360,10 +360,20 @@ return ring(READY, ready)
 #: Store one message for a queue with nothing else for PUBLISH to do (no exchange, delay,
 #: TTL or expiry): hand it to a waiting fetch, else push it and ring the doorbell when the
 #: list was empty. ARGV[4] = doorbell prefix, ARGV[5] = queue, ARGV[6] = priority step,
-#: ARGV[7] = delivery tag, ARGV[8] = envelope. Returns 1 pushed, 2 handed off, or 3
-#: pushed with the doorbell refused (an ACL user without channel rights).
+#: ARGV[7] = delivery tag, ARGV[8] = envelope, ARGV[9] = the list it goes to. Returns 0
+#: pushed with no offer out on the queue, 1 pushed with offers out (the queue held
+#: messages, or no offer took it), 2 handed off; plus 10 when the doorbell was refused
+#: (an ACL user without channel rights).
 PUSH = (
-    _PRELUDE
+    r"""
+if redis.call('EXISTS', ARGV[1] .. '_celeriac.offers.' .. ARGV[5]) == 0 then
+  if redis.call('LPUSH', ARGV[9], ARGV[8]) == 1 then
+    if type(redis.pcall('PUBLISH', ARGV[4] .. ARGV[5], '')) ~= 'number' then return 10 end
+  end
+  return 0
+end
+"""
+    + _PRELUDE
     + _RING
     + _OFFERS
     + _HANDOFF
@@ -371,8 +381,9 @@ PUSH = (
 local q = ARGV[5]
 if handoff(q, ARGV[7], ARGV[8]) then return 2 end
 local ready = {}
-if redis.call('LPUSH', list_key(q, ARGV[6]), ARGV[8]) == 1 then ready[q] = true end
-return ring(ARGV[4], ready)
+if redis.call('LPUSH', ARGV[9], ARGV[8]) == 1 then ready[q] = true end
+if ring(ARGV[4], ready) == 3 then return 11 end
+return 1
 """
 )
 

@@ -155,6 +155,15 @@ class SyncPublisher:
         an error (which the async path raises as celeriac's error).
         """
         source, sha = self._scripts[name]
+        replies = self.run((("EVALSHA", sha, 0, *args),), fallback=("EVAL", source, 0, *args))
+        return None if replies is None else replies[0]
+
+    def run(
+        self, commands: Sequence[Sequence[Any]], fallback: Sequence[Any] | None = None
+    ) -> list[Any] | None:
+        """Send ``commands`` in one write; their replies once Redis answered them all.
+        None as for :meth:`run_script` (the first command's error reply included);
+        ``fallback`` replaces a first command Redis answers ``NOSCRIPT``."""
         try:
             link = self._idle.pop()
         except IndexError:
@@ -164,12 +173,12 @@ class SyncPublisher:
         # No fork check here: a forked child's sync calls find a new loop (utils.portal
         # checks the pid), so a new connection, transport and publisher of their own.
         try:
-            link.send((("EVALSHA", sha, 0, *args),))
+            link.send(commands)
             if self._spin and link.sock.gettimeout() is None:
                 self._poll(link)
-            reply = link.read()
-            if _no_script(reply):
-                reply = link.call((("EVAL", source, 0, *args),))[0]
+            replies = [link.read() for _ in commands]  # all, or the next call reads them
+            if fallback is not None and _no_script(replies[0]):
+                replies[0] = link.call((fallback,))[0]
         except (OSError, hiredis.ProtocolError):
             self._discard(link)
             return None
@@ -177,7 +186,7 @@ class SyncPublisher:
             self._discard(link)
             raise
         self._idle.append(link)
-        return None if isinstance(reply, hiredis.ReplyError) else reply
+        return None if isinstance(replies[0], hiredis.ReplyError) else replies
 
     def _poll(self, link: _Link) -> None:
         if self._misses >= _SPIN_MISSES:
