@@ -477,3 +477,115 @@ def test_a_forked_child_takes_handoffs_of_its_own(shared: tuple[str, str, Any]) 
     # hand-off channel or take over its offer
     parent, child = run(main())
     assert parent + child == 2
+
+
+def test_a_publisher_refused_pubsub_still_publishes(private_redis: RedisServer) -> None:
+    # Given a publisher whose ACL refuses PUBSUB (so it cannot see who listens)
+    url = private_redis.user_url("producer", commands=["+@all", "-pubsub"])
+    raw = redis.Redis.from_url(private_redis.url)
+
+    async def main() -> None:
+        worker = await opened(private_redis.url)
+        client = await opened(url)
+        try:
+            await waiting(worker)
+            # When it publishes while a worker waits
+            await client.publish([out(b"m")])
+            # Then the message is stored as if no worker waited, and the worker's offer
+            # stays out
+            assert raw.llen("q") == 1 and raw.hlen("unacked") == 0
+            assert raw.zcard("_celeriac.offers.q") == 1
+            (got,) = await worker.fetch(["q"], 10, 1.0)
+            assert got.body == b"m"
+            await worker.ack([got])
+        finally:
+            await worker.close()
+            await client.close()
+
+    run(main())
+    raw.close()
+
+
+_BUSY = """
+local t0 = redis.call('TIME')
+local start = tonumber(t0[1]) + tonumber(t0[2]) / 1e6
+while true do
+  local t = redis.call('TIME')
+  if tonumber(t[1]) + tonumber(t[2]) / 1e6 - start > tonumber(ARGV[1]) then break end
+end
+return 1
+"""
+
+
+def test_a_return_that_timed_out_is_not_also_fetched(private_redis: RedisServer) -> None:
+    url = private_redis.url
+
+    def busy(seconds: float) -> None:
+        stalled = redis.Redis.from_url(url)
+        stalled.eval(_BUSY, 0, seconds)
+        stalled.close()
+
+    async def main() -> tuple[list[bytes], list[bytes]]:
+        worker = await opened(url)
+        client = await opened(url)
+        other = await opened(url)
+        try:
+            await waiting(worker)
+            await client.publish([out(b"warm")])  # loads the scripts a return runs
+            (m,) = await worker.fetch(["q"], 10, 1.0)
+            await worker.reject([m], requeue=True)
+            (m,) = await worker.fetch(["q"], 10, 1.0)
+            await worker.ack([m])
+            # Given a hand-off nobody fetches, whose return Redis is too busy to answer
+            # in time (it runs it later)
+            await waiting(worker)
+            await client.publish([out(b"m")])
+            await asyncio.sleep(HANDOFF_HOLD - 0.1)
+            stall = asyncio.ensure_future(asyncio.to_thread(busy, 1.5))
+            await asyncio.sleep(1.8)
+            await stall
+            # Then the message is delivered once: back in the queue, not also to a fetch
+            # of the worker that gave it back
+            mine = await worker.fetch(["q"], 10, 0.2)
+            theirs = await other.fetch(["q"], 10, 0.2)
+            return [m.body for m in mine], [m.body for m in theirs]
+        finally:
+            for t in (worker, client, other):
+                await t.close()
+
+    mine, theirs = run(main())
+    assert sorted(mine + theirs) == [b"m"]
+
+
+def test_a_reconnect_reads_the_handoffs_already_sent(private_redis: RedisServer) -> None:
+    from celeriac.messaging.connection import Connection
+
+    url = private_redis.url
+    raw = redis.Redis.from_url(url)
+
+    async def main() -> list[bytes]:
+        conn = Connection(url)
+        await conn.connect()
+        worker = conn.transport
+        client = await opened(url)
+        try:
+            await waiting(worker)
+            # Given a hand-off sent (from sync code: this loop has not read it yet) when
+            # the worker's script connection breaks (a reply slower than socket_timeout;
+            # simulated), its pub/sub connection still fine
+            assert client.publish_sync([out(b"m")])
+            assert worker._link is not None
+            worker._link.abort(ConnectionError("simulated: a reply timed out"))
+            # When the next operation reconnects (connect(), without close())
+            await conn.retrying(lambda t: t.queue_length("q"))
+            # Then the hand-off was not dropped with the old connection
+            got = await conn.retrying(lambda t: t.fetch(["q"], 10, 2.0))
+            await conn.retrying(lambda t: t.ack(got))
+            return [m.body for m in got]
+        finally:
+            await conn.close()
+            await client.close()
+
+    assert run(main()) == [b"m"]
+    assert raw.hlen("unacked") == 0
+    raw.close()

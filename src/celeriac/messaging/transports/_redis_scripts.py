@@ -68,6 +68,10 @@ PRESENCE_REFRESH = 30
 #: Most messages one offer takes before its fetch claims again: bounds what a worker
 #: whose connection dies with hand-offs still on the wire leaves to its leases.
 OFFER_LIMIT = 16
+#: Larger envelopes are pushed, not handed off: an offer's hand-offs stay far below
+#: Redis's output buffer limit for a subscriber (8 MB soft, 32 MB hard by default),
+#: past which Redis drops its connection.
+HANDOFF_MAX_BYTES = 65536
 
 _PRELUDE = r"""
 local P, SEP = ARGV[1], ARGV[2]
@@ -165,7 +169,8 @@ end
 """
 
 # Used by the publishing scripts (needs the prelude and _OFFERS).
-_HANDOFF = r"""
+_HANDOFF = (
+    r"""
 -- Give a message bound for queue q to a celeriac fetch waiting on it, recorded as that
 -- fetch's claim exactly as CLAIM records one. False, with nothing changed, when no live
 -- offer took it, q already holds messages (those go first), or the delivery tag has a
@@ -174,7 +179,9 @@ _HANDOFF = r"""
 -- fetches take turns.
 local function handoff(q, tag, env)
   local zkey = OFFERS .. q
-  if redis.call('EXISTS', zkey) == 0 then return false end
+  if #env > """
+    + str(HANDOFF_MAX_BYTES)
+    + r""" or redis.call('EXISTS', zkey) == 0 then return false end
   local keys = {}
   for _, s in ipairs(STEPS) do keys[#keys + 1] = list_key(q, s) end
   if redis.call('EXISTS', unpack(keys)) > 0 then return false end
@@ -187,8 +194,11 @@ local function handoff(q, tag, env)
       local spec = cjson.decode(f[1])
       local chan, unacked, index, lease = spec[1], spec[4], spec[5], spec[6]
       if redis.call('HEXISTS', unacked, tag) == 1 then return false end
-      -- channel subscribers only (PUBLISH also counts pattern subscribers): its fetch
-      if redis.call('PUBSUB', 'NUMSUB', chan)[2] > 0 then
+      -- channel subscribers only (PUBLISH also counts pattern subscribers): its fetch.
+      -- A publisher whose ACL refuses PUBSUB or PUBLISH pushes, and leaves the offer be.
+      local subs = redis.pcall('PUBSUB', 'NUMSUB', chan)
+      if type(subs) ~= 'table' or subs.err then return false end
+      if subs[2] > 0 then
         redis.call('HSET', unacked, tag, '[' .. env .. ', "", ' .. cjson.encode(q) .. ']')
         redis.call('ZADD', index, NOW, tag)
         redis.call('ZADD', lease, NOW + tonumber(spec[2]), tag)
@@ -208,6 +218,7 @@ local function handoff(q, tag, env)
         redis.call('ZREM', index, tag)
         redis.call('ZREM', lease, tag)
         redis.call('DEL', dk)
+        return false
       end
       withdraw(id, spec)  -- its fetch went away
     else
@@ -218,6 +229,7 @@ local function handoff(q, tag, env)
   return false
 end
 """
+)
 
 #: Route and store a batch. ARGV[4] = doorbell channel prefix, ARGV[5] = message count,
 #: then 8 fields per message: kind (default/direct/topic/fanout), exchange, routing key,

@@ -251,6 +251,10 @@ class RedisTransport(Transport):
         self._withdraw: list[str] = []
         self._last_bell: _Bell | None = None
         self._handoffs: dict[str, deque[tuple[float, Message]]] = {}
+        #: Hand-offs whose return failed: it may have run even so (a timeout cancels only
+        #: the wait), so they are never given to a fetch again, only returned again (the
+        #: return is fenced: twice is harmless).
+        self._unreturned: list[Message] = []
         self._handoff_timer: asyncio.TimerHandle | None = None
         #: Returns of unfetched hand-offs in flight (kept so they are not collected).
         self._returning: set[asyncio.Task[None]] = set()
@@ -269,6 +273,7 @@ class RedisTransport(Transport):
         if self.is_connected:
             return
         if self._client is not None:  # a broken or inherited connection: start afresh
+            await self._stop_offering()
             await self._drop()
         self._pid = os.getpid()
         self._forks = _forks
@@ -314,13 +319,14 @@ class RedisTransport(Transport):
             # A forked child: the hand-offs, offers and channel are the parent's.
             self._new_handoff_channel()
             self._handoffs.clear()
+            self._unreturned.clear()
             self._handoff_timer = None
             self._returning.clear()
             self._bells.clear()
             self._listeners.clear()
             self._last_bell = None
             self._withdraw.clear()
-        elif self._handoffs:  # reconnected: what close could not return goes back now
+        else:  # reconnected: what close could not return goes back now
             self._arm_return()
         self._forks_at_open = _forks
         self._offering = False
@@ -521,22 +527,26 @@ class RedisTransport(Transport):
         return bool(self._handoffs) and any(name in self._handoffs for name in names)
 
     def _arm_return(self) -> None:
-        """Return stale hand-offs when the oldest has waited :data:`HANDOFF_HOLD` s."""
-        if self._handoff_timer is None and self._handoffs:
+        """Return stale hand-offs when the oldest has waited :data:`HANDOFF_HOLD` s, and
+        retry failed returns after as long."""
+        if self._handoff_timer is not None or not (self._handoffs or self._unreturned):
+            return
+        loop = asyncio.get_running_loop()
+        when = loop.time() + HANDOFF_HOLD
+        if self._handoffs:
             oldest = min(waiting[0][0] for waiting in self._handoffs.values())
-            self._handoff_timer = asyncio.get_running_loop().call_at(
-                oldest + HANDOFF_HOLD, self._return_stale
-            )
+            when = min(when, oldest + HANDOFF_HOLD)
+        self._handoff_timer = loop.call_at(when, self._return_stale)
 
     def _return_stale(self) -> None:
         """Hand-offs no fetch took in :data:`HANDOFF_HOLD` seconds go back to their queues
         (their fetch stopped while its offer was out)."""
         self._handoff_timer = None
-        if self._client is None:  # closed: a reconnect arms this again
+        if not self.is_connected:  # closed or broken: a reconnect arms this again
             return
         loop = asyncio.get_running_loop()
         due = loop.time() - HANDOFF_HOLD
-        stale: list[Message] = []
+        stale, self._unreturned = self._unreturned, []
         for name in list(self._handoffs):
             waiting = self._handoffs[name]
             while waiting and waiting[0][0] <= due:
@@ -552,23 +562,21 @@ class RedisTransport(Transport):
     async def _return_handoffs(self, messages: list[Message]) -> None:
         """Put hand-offs the application never saw back at the front of their queues (as
         AMQP brokers do with prefetched messages, they come back marked redelivered).
-        Where Redis cannot take them now they are kept for a fetch or a later try: they
-        are valid claims, and dropping them would leave them to their leases."""
+        Where Redis cannot take them now they are tried again later (see
+        ``_unreturned``): dropping them would leave them to their leases."""
         try:
             async with asyncio.timeout(RETURN_WAIT):
                 await self._requeue([cast(_Claim, m.receipt) for m in messages])
         except Exception as exc:
             logger.warning(
                 "broker %s: could not return %d unfetched hand-off(s) to their queues (%s): "
-                "kept for a fetch or the next try",
+                "trying again in %s s (or when their leases pass)",
                 self._where,
                 len(messages),
                 exc,
+                HANDOFF_HOLD,
             )
-            now = asyncio.get_running_loop().time()
-            for m in reversed(messages):
-                claim = cast(_Claim, m.receipt)
-                self._handoffs.setdefault(claim.queue, deque()).appendleft((now, m))
+            self._unreturned.extend(messages)
             self._arm_return()
 
     async def _stop_offering(self) -> None:
@@ -588,11 +596,13 @@ class RedisTransport(Transport):
         if self._handoff_timer is not None:
             self._handoff_timer.cancel()
             self._handoff_timer = None
-        if self._handoffs and self.is_connected:
+        if (self._handoffs or self._unreturned) and self.is_connected:
             held = [m for waiting in self._handoffs.values() for _, m in waiting]
+            held += self._unreturned
             self._handoffs.clear()
+            self._unreturned = []
             await self._return_handoffs(held)
-        # else kept: a reconnect arms their return, and a fetch may still take them
+        # else kept: a reconnect arms their return (a fetch may take those not tried yet)
         if self._returning:
             await asyncio.wait(self._returning, timeout=RETURN_WAIT)
 
@@ -1053,12 +1063,12 @@ class RedisTransport(Transport):
                 self._last_bell = bell
                 if self._offering:
                     self._supersede(bell, loop.time())
-            out = self._take_fanout(names, limit)
             if self._handoffs:
-                handed = self._take_handoffs(names, limit - len(out))
+                handed = self._take_handoffs(names, limit)
                 if handed:  # at once: a claim now would cost what the hand-off saved
-                    return out + handed
+                    return handed
             await self._maybe_restore()
+            out = self._take_fanout(names, limit)
             wanted = limit - len(out)
             if wanted > 0 and (bell.due or loop.time() >= bell.idle_until):
                 # cleared before the claim: a doorbell during the claim is kept
