@@ -143,6 +143,40 @@ def test_a_plain_queue_learns_that_offers_are_out(shared: tuple[str, str, Any]) 
     run(main())
 
 
+def test_one_message_at_a_time_is_always_handed_off(shared: tuple[str, str, Any]) -> None:
+    url, prefix, raw = shared
+
+    async def main() -> None:
+        worker = await opened(url, global_keyprefix=prefix)
+        client = await opened(url, global_keyprefix=prefix)
+        received: asyncio.Queue[Message] = asyncio.Queue()
+
+        async def consume() -> None:  # as the worker's consumer: fetch again at once
+            while True:
+                for m in await worker.fetch(["q"], 100, 1.0):
+                    received.put_nowait(m)
+
+        await waiting(worker)
+        consumer = asyncio.ensure_future(consume())
+        try:
+            # When more messages than one offer takes are published one at a time, each
+            # after the one before was processed (delay().get() in a loop)
+            for i in range(40):
+                await client.publish([out(b"m%d" % i)])
+                # Then every one was handed off: the fetch renewed its offer with the
+                # last message of the one before, so none waited for a doorbell
+                assert raw.llen(f"{prefix}q") == 0, i
+                m = await asyncio.wait_for(received.get(), 5)
+                assert m.body == b"m%d" % i
+                await worker.ack([m])
+        finally:
+            consumer.cancel()
+            await worker.close()
+            await client.close()
+
+    run(main())
+
+
 def test_an_offer_takes_no_more_than_the_fetch_asked_for(shared: tuple[str, str, Any]) -> None:
     url, prefix, raw = shared
 

@@ -31,9 +31,10 @@ unacked. The scripts keep kombu's keys exactly (queue lists and priority sub-lis
   :data:`CLAIM`): ``n`` = how many more it takes, ``spec`` = JSON ``[channel, visibility
   timeout, delivery record lifetime, unacked, unacked_index, lease, offer lifetime,
   queue...]``. A publish that finds a live offer on a queue with no message waiting
-  records the claim itself and sends ``"<token> <len(queue)> <queue><envelope>"`` on the
-  channel: the fetch saves a claim's round trip per message. With nobody subscribed to
-  the channel (its worker went away) it withdraws the offer and pushes as usual. The
+  records the claim itself and sends ``"<token>[L] <len(queue)> <queue><envelope>"`` on
+  the channel (``L``: the offer's last message): the fetch saves a claim's round trip
+  per message. With nobody subscribed to the channel (its worker went away) it
+  withdraws the offer and pushes as usual. The
   fetch's next claim withdraws the offer (and makes a new one if it comes back short).
   An offer takes at most :data:`OFFER_LIMIT` messages.
 
@@ -204,9 +205,11 @@ local function handoff(q, tag, env)
         redis.call('ZADD', lease, NOW + tonumber(spec[2]), tag)
         redis.call('HSET', dk, 'n', 1, 's', redis.call('ZSCORE', index, tag))
         redis.call('EXPIRE', dk, spec[3])
-        local sent = redis.pcall('PUBLISH', chan, '1 ' .. #q .. ' ' .. q .. env)
+        local last = tonumber(f[2]) <= 1  -- said with the token: the fetch offers anew
+        local head = last and '1L ' or '1 '
+        local sent = redis.pcall('PUBLISH', chan, head .. #q .. ' ' .. q .. env)
         if type(sent) == 'number' and sent > 0 then
-          if tonumber(f[2]) <= 1 then
+          if last then
             withdraw(id, spec)
           else
             redis.call('HINCRBY', okey, 'n', -1)

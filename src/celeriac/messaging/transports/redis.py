@@ -481,12 +481,15 @@ class RedisTransport(Transport):
         self._handoff_channel = f"{self.layout.prefix}_celeriac.handoff.{self._handoff_id}"
 
     def _on_handoff(self, data: bytes) -> None:
-        """A message a publish claimed for one of our fetches: ``"<token> <len(queue)>
-        <queue><envelope>"`` (see ``_celeriac.offers``)."""
+        """A message a publish claimed for one of our fetches: ``"<token>[L] <len(queue)>
+        <queue><envelope>"`` (see ``_celeriac.offers``). ``L`` marks the last message of
+        its offer: the fetch claims at once, which makes a new offer before the next
+        publish would find none (and take the doorbell's slower path)."""
         try:
             first = data.index(b" ")
             second = data.index(b" ", first + 1)
-            token = data[:first].decode()
+            last = data[first - 1] == 76  # b"L"
+            token = data[: first - 1 if last else first].decode()
             start = second + 1
             end = start + int(data[first + 1 : second])
             queue = data[start:end].decode()
@@ -508,7 +511,7 @@ class RedisTransport(Transport):
             (asyncio.get_running_loop().time(), message)
         )
         self._arm_return()
-        self._ring(queue, due=False)
+        self._ring(queue, due=last)
 
     def _take_handoffs(self, names: list[str], limit: int) -> list[Message]:
         out: list[Message] = []
