@@ -5,11 +5,12 @@ acks, restore or kombu peers changes, only the claim's round trip goes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import time
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -53,6 +54,16 @@ def out(body: bytes, queue: str = "q") -> Outgoing:
     return Outgoing(message(body), "", queue)
 
 
+@contextlib.asynccontextmanager
+async def closing(*transports: RedisTransport) -> AsyncIterator[None]:
+    """Close ``transports`` however the block ends."""
+    try:
+        yield
+    finally:
+        for t in transports:
+            await t.close()
+
+
 async def opened(url: str, **options: Any) -> RedisTransport:
     transport = RedisTransport(url, options)
     await transport.connect()
@@ -70,7 +81,7 @@ def test_a_waiting_fetch_gets_a_message_with_its_publish(shared: tuple[str, str,
     async def main() -> None:
         worker = await opened(url, global_keyprefix=prefix)
         client = await opened(url, global_keyprefix=prefix)
-        try:
+        async with closing(worker, client):
             for body, send in ((b"async", client.publish), (b"sync", None)):
                 await waiting(worker)
                 # When a client publishes while the worker waits (async, then from sync code)
@@ -93,9 +104,6 @@ def test_a_waiting_fetch_gets_a_message_with_its_publish(shared: tuple[str, str,
                 await worker.ack([got])
                 assert raw.hlen(f"{prefix}unacked") == 0
                 assert raw.exists(f"{prefix}_celeriac.delivery.{tag.decode()}") == 0
-        finally:
-            await worker.close()
-            await client.close()
 
     run(main())
 
@@ -106,7 +114,7 @@ def test_a_plain_queue_learns_that_offers_are_out(shared: tuple[str, str, Any]) 
     async def main() -> None:
         worker = await opened(url, global_keyprefix=prefix)
         client = await opened(url, global_keyprefix=prefix)
-        try:
+        async with closing(worker, client):
             # Given a queue declared plain (no TTL, no expiry) by the publishing process:
             # its pushes skip the scripts until one finds offers out
             await client.declare_queue(Queue("q"))
@@ -136,9 +144,6 @@ def test_a_plain_queue_learns_that_offers_are_out(shared: tuple[str, str, Any]) 
             await client.publish([out(b"x")])
             await client.publish([out(b"y")])
             assert raw.llen(f"{prefix}q") == 2
-        finally:
-            await worker.close()
-            await client.close()
 
     run(main())
 
@@ -183,7 +188,7 @@ def test_an_offer_takes_no_more_than_the_fetch_asked_for(shared: tuple[str, str,
     async def main() -> None:
         worker = await opened(url, global_keyprefix=prefix)
         client = await opened(url, global_keyprefix=prefix)
-        try:
+        async with closing(worker, client):
             # Given a worker with room for 3 more messages, waiting
             await waiting(worker, limit=3)
             # When 5 are published one at a time
@@ -201,9 +206,6 @@ def test_an_offer_takes_no_more_than_the_fetch_asked_for(shared: tuple[str, str,
             got = await worker.fetch(["q"], 10, 1.0)
             assert [m.body for m in got] == [b"m3", b"m4"]
             await worker.ack(got)
-        finally:
-            await worker.close()
-            await client.close()
 
     run(main())
 
@@ -215,7 +217,7 @@ def test_messages_already_waiting_go_first(shared: tuple[str, str, Any]) -> None
         worker = await opened(url, global_keyprefix=prefix)
         client = await opened(url, global_keyprefix=prefix)
         filler = await opened(url, global_keyprefix=prefix)
-        try:
+        async with closing(worker, client, filler):
             await filler.declare_queue(Queue("q"))
             await waiting(worker)
             # Given messages pushed past the offer (two at once to a queue declared plain
@@ -228,9 +230,6 @@ def test_messages_already_waiting_go_first(shared: tuple[str, str, Any]) -> None
             got = await worker.fetch(["q"], 10, 1.0)
             assert [m.body for m in got] == [b"first", b"second", b"third"]
             await worker.ack(got)
-        finally:
-            for t in (worker, client, filler):
-                await t.close()
 
     run(main())
 
@@ -242,7 +241,7 @@ def test_idle_workers_take_turns(shared: tuple[str, str, Any]) -> None:
         one = await opened(url, global_keyprefix=prefix)
         two = await opened(url, global_keyprefix=prefix)
         client = await opened(url, global_keyprefix=prefix)
-        try:
+        async with closing(one, two, client):
             await waiting(one)
             await waiting(two)
             for i in range(4):
@@ -254,9 +253,6 @@ def test_idle_workers_take_turns(shared: tuple[str, str, Any]) -> None:
             assert sorted(m.body for m in got_one + got_two) == [b"m0", b"m1", b"m2", b"m3"]
             await one.ack(got_one)
             await two.ack(got_two)
-        finally:
-            for t in (one, two, client):
-                await t.close()
 
     run(main())
 
@@ -268,7 +264,7 @@ def test_handoffs_nobody_fetched_go_back(shared: tuple[str, str, Any]) -> None:
         worker = await opened(url, global_keyprefix=prefix)
         client = await opened(url, global_keyprefix=prefix)
         other = await opened(url, global_keyprefix=prefix)
-        try:
+        async with closing(worker, client, other):
             # Given a worker that stops fetching while its offer is out (a cancelled queue)
             await waiting(worker)
             await client.publish([out(b"held")])
@@ -291,13 +287,11 @@ def test_handoffs_nobody_fetched_go_back(shared: tuple[str, str, Any]) -> None:
             await worker.close()
             # Then it is back in the queue too
             assert raw.llen(f"{prefix}q") == 1 and raw.hlen(f"{prefix}unacked") == 0
-            other = await opened(url, global_keyprefix=prefix)
-            (got,) = await other.fetch(["q"], 10, 1.0)
-            assert got.body == b"at close"
-            await other.ack([got])
-        finally:
-            for t in (worker, client, other):
-                await t.close()
+            late = await opened(url, global_keyprefix=prefix)
+            async with closing(late):
+                (got,) = await late.fetch(["q"], 10, 1.0)
+                assert got.body == b"at close"
+                await late.ack([got])
 
     run(main())
 
@@ -309,7 +303,7 @@ def test_a_handoff_whose_holder_died_is_restored(shared: tuple[str, str, Any]) -
         worker = await opened(url, global_keyprefix=prefix, visibility_timeout=1)
         client = await opened(url, global_keyprefix=prefix)
         rescuer = await opened(url, global_keyprefix=prefix, visibility_timeout=1)
-        try:
+        async with closing(worker, client, rescuer):
             await waiting(worker)
             await client.publish([out(b"lost")])
             (got,) = await worker.fetch(["q"], 10, 1.0)
@@ -324,9 +318,6 @@ def test_a_handoff_whose_holder_died_is_restored(shared: tuple[str, str, Any]) -
             assert raw.hlen(f"{prefix}unacked") == 1
             await rescuer.ack([again])
             assert raw.hlen(f"{prefix}unacked") == 0
-        finally:
-            for t in (worker, client, rescuer):
-                await t.close()
 
     run(main())
 
@@ -336,7 +327,7 @@ def test_queues_with_ttl_or_expiry_get_no_offers(shared: tuple[str, str, Any]) -
 
     async def main() -> None:
         worker = await opened(url, global_keyprefix=prefix)
-        try:
+        async with closing(worker):
             await worker.declare_queue(Queue("ttl", message_ttl=30))
             await worker.declare_queue(Queue("expiring", expires=30))
             await worker.declare_queue(Queue("plain"))
@@ -345,8 +336,6 @@ def test_queues_with_ttl_or_expiry_get_no_offers(shared: tuple[str, str, Any]) -
             assert raw.exists(f"{prefix}_celeriac.offers.ttl") == 0
             assert raw.exists(f"{prefix}_celeriac.offers.expiring") == 0
             assert raw.exists(f"{prefix}_celeriac.offers.plain") == 1
-        finally:
-            await worker.close()
 
     run(main())
 
@@ -365,7 +354,7 @@ def test_a_handoff_to_a_vanished_worker_is_queued(private_redis: RedisServer) ->
     async def main() -> None:
         worker = await opened(url)
         client = await opened(url)
-        try:
+        async with closing(worker, client):
             await waiting(worker)
             # When the worker's pub/sub connection is gone (a killed worker) with its
             # offer still out, while a monitoring tool listens to every channel
@@ -386,9 +375,6 @@ def test_a_handoff_to_a_vanished_worker_is_queued(private_redis: RedisServer) ->
             assert got.body == b"m" and got.delivery_info["redelivered"] is False
             await rescuer.ack([got])
             await rescuer.close()
-        finally:
-            await worker.close()
-            await client.close()
 
     run(main())
     raw.close()
@@ -403,7 +389,7 @@ def test_handoffs_held_when_the_connection_broke_survive_the_reconnect(
     async def main() -> None:
         worker = await opened(url)
         client = await opened(url)
-        try:
+        async with closing(worker, client):
             await waiting(worker)
             await client.publish([out(b"m")])
             await asyncio.sleep(0.05)  # the hand-off is in the worker's buffer
@@ -419,9 +405,6 @@ def test_handoffs_held_when_the_connection_broke_survive_the_reconnect(
             assert got.body == b"m"
             await worker.ack([got])
             assert raw.hlen("unacked") == 0 and raw.llen("q") == 0
-        finally:
-            await worker.close()
-            await client.close()
 
     run(main())
     raw.close()
@@ -434,7 +417,7 @@ def test_a_message_routed_to_two_queues_keeps_both_copies(shared: tuple[str, str
         one = await opened(url, global_keyprefix=prefix)
         two = await opened(url, global_keyprefix=prefix)
         client = await opened(url, global_keyprefix=prefix)
-        try:
+        async with closing(one, two, client):
             jobs = Exchange("jobs")
             await client.declare_queue(Queue("a", jobs, "k"))
             await client.declare_queue(Queue("b", jobs, "k"))
@@ -449,9 +432,6 @@ def test_a_message_routed_to_two_queues_keeps_both_copies(shared: tuple[str, str
             assert raw.llen(f"{prefix}b") == 1
             got = await one.fetch(["a"], 10, 1.0) + await two.fetch(["b"], 10, 1.0)
             assert [m.body for m in got] == [b"both", b"both"]
-        finally:
-            for t in (one, two, client):
-                await t.close()
 
     run(main())
 
@@ -463,11 +443,9 @@ def test_a_refused_handoff_channel_is_asked_for_once(private_redis: RedisServer)
 
     async def main() -> None:
         worker = await opened(url, polling_interval=0.01)
-        try:
+        async with closing(worker):
             for _ in range(10):
                 assert await worker.fetch(["q"], 10, 0.02) == []
-        finally:
-            await worker.close()
 
     run(main())
     # Then its fetches work as before, and only the first asked for the channel
@@ -521,7 +499,7 @@ def test_a_publisher_refused_pubsub_still_publishes(private_redis: RedisServer) 
     async def main() -> None:
         worker = await opened(private_redis.url)
         client = await opened(url)
-        try:
+        async with closing(worker, client):
             await waiting(worker)
             # When it publishes while a worker waits
             await client.publish([out(b"m")])
@@ -532,9 +510,6 @@ def test_a_publisher_refused_pubsub_still_publishes(private_redis: RedisServer) 
             (got,) = await worker.fetch(["q"], 10, 1.0)
             assert got.body == b"m"
             await worker.ack([got])
-        finally:
-            await worker.close()
-            await client.close()
 
     run(main())
     raw.close()
@@ -563,7 +538,7 @@ def test_a_return_that_timed_out_is_not_also_fetched(private_redis: RedisServer)
         worker = await opened(url)
         client = await opened(url)
         other = await opened(url)
-        try:
+        async with closing(worker, client, other):
             await waiting(worker)
             await client.publish([out(b"warm")])  # loads the scripts a return runs
             (m,) = await worker.fetch(["q"], 10, 1.0)
@@ -583,9 +558,6 @@ def test_a_return_that_timed_out_is_not_also_fetched(private_redis: RedisServer)
             mine = await worker.fetch(["q"], 10, 0.2)
             theirs = await other.fetch(["q"], 10, 0.2)
             return [m.body for m in mine], [m.body for m in theirs]
-        finally:
-            for t in (worker, client, other):
-                await t.close()
 
     mine, theirs = run(main())
     assert sorted(mine + theirs) == [b"m"]
@@ -602,7 +574,7 @@ def test_a_reconnect_reads_the_handoffs_already_sent(private_redis: RedisServer)
         await conn.connect()
         worker = conn.transport
         client = await opened(url)
-        try:
+        async with closing(conn, client):
             await waiting(worker)
             # Given a hand-off sent (from sync code: this loop has not read it yet) when
             # the worker's script connection breaks (a reply slower than socket_timeout;
@@ -616,9 +588,6 @@ def test_a_reconnect_reads_the_handoffs_already_sent(private_redis: RedisServer)
             got = await conn.retrying(lambda t: t.fetch(["q"], 10, 2.0))
             await conn.retrying(lambda t: t.ack(got))
             return [m.body for m in got]
-        finally:
-            await conn.close()
-            await client.close()
 
     assert run(main()) == [b"m"]
     assert raw.hlen("unacked") == 0
