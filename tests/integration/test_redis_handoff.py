@@ -55,8 +55,8 @@ def out(body: bytes, queue: str = "q") -> Outgoing:
 
 
 @contextlib.asynccontextmanager
-async def closing(*transports: RedisTransport) -> AsyncIterator[None]:
-    """Close ``transports`` however the block ends."""
+async def closing(*transports: Any) -> AsyncIterator[None]:
+    """Close ``transports`` (or connections) however the block ends."""
     try:
         yield
     finally:
@@ -152,7 +152,7 @@ def test_one_message_at_a_time_is_always_handed_off(shared: tuple[str, str, Any]
     url, prefix, raw = shared
 
     async def main() -> None:
-        worker = await opened(url, global_keyprefix=prefix)
+        worker = await opened(url, global_keyprefix=prefix, unacked_restore_interval=600)
         client = await opened(url, global_keyprefix=prefix)
         received: asyncio.Queue[Message] = asyncio.Queue()
 

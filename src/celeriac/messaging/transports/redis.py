@@ -599,6 +599,8 @@ class RedisTransport(Transport):
         if self._handoff_timer is not None:
             self._handoff_timer.cancel()
             self._handoff_timer = None
+        if self._returning:  # first: one that fails adds to what is returned below
+            await asyncio.wait(self._returning, timeout=RETURN_WAIT)
         if (self._handoffs or self._unreturned) and self.is_connected:
             held = [m for waiting in self._handoffs.values() for _, m in waiting]
             held += self._unreturned
@@ -606,8 +608,6 @@ class RedisTransport(Transport):
             self._unreturned = []
             await self._return_handoffs(held)
         # else kept: a reconnect arms their return (a fetch may take those not tried yet)
-        if self._returning:
-            await asyncio.wait(self._returning, timeout=RETURN_WAIT)
 
     def _on_failure(self, exc: BaseException) -> None:
         logger.warning("broker %s: subscription connection lost: %s", self._where, exc)
