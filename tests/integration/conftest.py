@@ -13,7 +13,7 @@ import importlib.util
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,9 @@ import pytest
 
 from celeriac.messaging.transports import get_transport_cls
 from celeriac.messaging.transports.base import Transport
+from tests.redis_keys import delete_matching
+
+from .redis_servers import RedisServer
 
 #: Transport name -> (module that must import, service port or None).
 TRANSPORT_NEEDS: dict[str, tuple[str, int | None]] = {
@@ -146,3 +149,23 @@ async def fetch_polls_past_refused_doorbells(t: Transport, publisher: Transport)
     assert [m.body for m in got] == [b"one"]
     await t.ack(got)
     assert t.is_connected
+
+
+@pytest.fixture
+def shared() -> Iterator[tuple[str, str, Any]]:
+    """The shared Redis (db 15), a key prefix unique to this test, and a raw client."""
+    require_transport("redis")
+    redis = pytest.importorskip("redis")
+    prefix = f"t{uuid.uuid4().hex[:10]}:"
+    raw = redis.Redis(host="127.0.0.1", port=6379, db=15)
+    yield "redis://127.0.0.1:6379/15", prefix, raw
+    delete_matching(raw, f"{prefix}*")
+    raw.close()
+
+
+@pytest.fixture
+def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
+    """A redis-server of this test's own, for tests that restart or reconfigure it."""
+    server = RedisServer(tmp_path).start()
+    yield server
+    server.stop()

@@ -12,7 +12,6 @@ import socket
 import time
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -193,13 +192,6 @@ def test_a_forked_child_sends_on_connections_of_its_own(shared: tuple[Celeriac, 
     stored = [e["headers"]["id"] for e in envelopes(raw, f"{prefix}celery")]
     assert set(child_ids) | set(mine) <= set(stored)
     assert len(stored) == len(set(stored)) == 101
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def test_sync_sends_survive_a_redis_restart(private_redis: RedisServer) -> None:

@@ -8,7 +8,7 @@ import json
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,9 +17,8 @@ import pytest
 from celeriac.exceptions import ConfigurationError, ConnectionBrokenError
 from celeriac.messaging import Connection, Consumer, Exchange, Message, Queue
 from celeriac.messaging.transports.base import Outgoing
-from tests.redis_keys import delete_matching
 
-from .conftest import fetch_polls_past_refused_doorbells, require_transport
+from .conftest import fetch_polls_past_refused_doorbells
 from .redis_servers import RedisServer, SentinelServer, TlsRedisServer
 
 pytestmark = pytest.mark.redis
@@ -33,24 +32,6 @@ SEP = "\x06\x16"
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(coro)
-
-
-@pytest.fixture
-def shared() -> Iterator[tuple[str, str, Any]]:
-    """The shared Redis (db 15), a key prefix unique to this test, and a raw client."""
-    require_transport("redis")
-    prefix = f"t{uuid.uuid4().hex[:10]}:"
-    raw = redis.Redis(host="127.0.0.1", port=6379, db=15)
-    yield "redis://127.0.0.1:6379/15", prefix, raw
-    delete_matching(raw, f"{prefix}*")
-    raw.close()
-
-
-@pytest.fixture
-def private_redis(tmp_path: Path) -> Iterator[RedisServer]:
-    server = RedisServer(tmp_path).start()
-    yield server
-    server.stop()
 
 
 def message(body: bytes, **properties: Any) -> Message:
