@@ -560,3 +560,39 @@ def test_a_reconnect_reads_the_handoffs_already_sent(private_redis: RedisServer)
     assert run(main()) == [b"m"]
     assert raw.hlen("unacked") == 0
     raw.close()
+
+
+def test_large_messages_are_queued_not_handed_off(shared: tuple[str, str, Any]) -> None:
+    url, prefix, raw = shared
+
+    async def main() -> None:
+        async with several(2, url, global_keyprefix=prefix) as (worker, client):
+            await waiting(worker)
+            # When a message over 64 KiB is published while the worker waits
+            big = Message(b"x" * 70_000, {"id": "big"}, {}, "application/json", "utf-8")
+            await client.publish([Outgoing(big, "", "q")])
+            # Then it is queued (and rung), not sent down the worker's subscription
+            assert raw.llen(f"{prefix}q") == 1 and raw.hlen(f"{prefix}unacked") == 0
+            (got,) = await worker.fetch(["q"], 10, 1.0)
+            assert len(got.body) == 70_000
+            await worker.ack([got])
+
+    run(main())
+
+
+def test_a_refused_doorbell_does_not_fail_a_requeue(private_redis: RedisServer) -> None:
+    # Given a worker whose ACL user may not publish (so no doorbell can be rung)
+    url = private_redis.user_url("quiet", commands=["+@all", "-publish"])
+    raw = redis.Redis.from_url(private_redis.url)
+
+    async def main() -> None:
+        async with several(1, url) as (worker,):
+            await worker.publish([out(b"m")])
+            (got,) = await worker.fetch(["q"], 10, 1.0)
+            # When it gives the message back to an empty queue (whose doorbell it rings)
+            await worker.reject([got], requeue=True)
+            # Then the message is back, and its claim settled
+            assert raw.llen("q") == 1 and raw.hlen("unacked") == 0
+
+    run(main())
+    raw.close()
