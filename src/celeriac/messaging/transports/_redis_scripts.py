@@ -374,15 +374,15 @@ return ring(READY, ready)
 
 #: Store one message for a queue with nothing else for PUBLISH to do (no exchange, delay,
 #: TTL or expiry): hand it to a waiting fetch, else push it and ring the doorbell when the
-#: list was empty. ARGV[4] = doorbell prefix, ARGV[5] = queue, ARGV[6] = priority step,
-#: ARGV[7] = delivery tag, ARGV[8] = envelope, ARGV[9] = the list it goes to. Returns 0
+#: list was empty. ARGV[4] = doorbell prefix, ARGV[5] = queue, ARGV[6] = delivery tag,
+#: ARGV[7] = envelope, ARGV[8] = the list it goes to. Returns 0
 #: pushed with no offer out on the queue, 1 pushed with offers out (the queue held
 #: messages, or no offer took it), 2 handed off; plus 10 when the doorbell was refused
 #: (an ACL user without channel rights).
 PUSH = (
     r"""
 if redis.call('EXISTS', ARGV[1] .. '_celeriac.offers.' .. ARGV[5]) == 0 then
-  if redis.call('LPUSH', ARGV[9], ARGV[8]) == 1 then
+  if redis.call('LPUSH', ARGV[8], ARGV[7]) == 1 then
     if type(redis.pcall('PUBLISH', ARGV[4] .. ARGV[5], '')) ~= 'number' then return 10 end
   end
   return 0
@@ -394,9 +394,9 @@ end
     + _HANDOFF
     + r"""
 local q = ARGV[5]
-if handoff(q, ARGV[7], ARGV[8]) then return 2 end
+if handoff(q, ARGV[6], ARGV[7]) then return 2 end
 local ready = {}
-if redis.call('LPUSH', ARGV[9], ARGV[8]) == 1 then ready[q] = true end
+if redis.call('LPUSH', ARGV[8], ARGV[7]) == 1 then ready[q] = true end
 if ring(ARGV[4], ready) == 3 then return 11 end
 return 1
 """
@@ -408,9 +408,10 @@ return 1
 #: the queues as served by a celeriac consumer (the caller does so every
 #: :data:`PRESENCE_REFRESH` seconds, not on every claim), ARGV[9] = offer id ('' for
 #: none), ARGV[10] = the channel hand-offs go to, ARGV[11] = offer lifetime (s),
-#: ARGV[12] = ids of the caller's other offers to withdraw, space-separated, then the
-#: queue names in this call's rotation order. The claim first withdraws the caller's
-#: offer; one that comes back short offers to take as many more as it fell short by, as
+#: ARGV[12] = ids of offers to withdraw first, space-separated (the caller's own while it
+#: may be out, and those of queue sets it superseded: a claim on the drain path, whose
+#: fetch has none out, reads no offer), then the queue names in this call's rotation
+#: order. A claim that comes back short offers to take as many more as it fell short by, as
 #: they are published to its queues that have no TTL or expiry (``_celeriac.offers``).
 #: Returns ``{next_due, dropped, (queue, count, envelope)*}`` where ``next_due`` is the
 #: earliest not-before time of a delayed message ('' if none) when nothing was claimed.
@@ -423,7 +424,6 @@ local limit, vt, keep, nq = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[
 local present = ARGV[8] == '1'
 local offer_id, life = ARGV[9], tonumber(ARGV[11])
 local FIRST = 12
-if offer_id ~= '' then withdraw(offer_id) end
 for id in string.gmatch(ARGV[12], '%S+') do withdraw(id) end
 local B64 = 'ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/'
 

@@ -855,7 +855,7 @@ class RedisTransport(Transport):
     def _push_commands(self, args: list[Any]) -> list[tuple[Any, ...]]:
         """A push to a queue no offer was seen on: pipelined, no script (the PUSH script's
         call cost a tenth of ``delay()``'s rate), asking whether offers are out now."""
-        prefix, ready, queue, envelope, key = args[0], args[3], args[4], args[7], args[8]
+        prefix, ready, queue, envelope, key = args[0], args[3], args[4], args[6], args[7]
         return [
             ("LPUSH", key, envelope),
             ("PUBLISH", ready + queue, ""),
@@ -881,18 +881,8 @@ class RedisTransport(Transport):
 
     def _push_args(self, out: Outgoing) -> list[Any]:
         """The PUSH script's arguments for one message to a plain queue."""
-        message = out.message
-        priority = message_priority(message)
-        tag = message.delivery_tag or uuid4_hex()
-        step = self.layout.step(priority)
-        return [
-            *self._publish_head,
-            out.routing_key,
-            step,
-            tag,
-            _envelope(out, tag, priority, False),
-            self.layout.list_key(out.routing_key, step),
-        ]
+        key, tag, envelope = self._plain_entry(out, {})
+        return [*self._publish_head, out.routing_key, tag, envelope, key]
 
     async def _push_plain_many(self, batch: Sequence[Outgoing]) -> None:
         """Messages all bound for plain queues (see ``_plain``). One goes through the PUSH
@@ -914,7 +904,7 @@ class RedisTransport(Transport):
         lists: dict[str, list[bytes]] = {}
         keys: dict[tuple[str, int], str] = {}
         for out in batch:
-            key, envelope = self._plain_entry(out, keys)
+            key, _, envelope = self._plain_entry(out, keys)
             lists.setdefault(key, []).append(envelope)
         bells = dict.fromkeys(self.layout.ready_prefix + queue for queue, _ in keys)
         commands: list[tuple[Any, ...]] = [
@@ -976,9 +966,11 @@ class RedisTransport(Transport):
             self.layout.ready_prefix,
         )
 
-    def _plain_entry(self, out: Outgoing, keys: dict[tuple[str, int], str]) -> tuple[str, bytes]:
+    def _plain_entry(
+        self, out: Outgoing, keys: dict[tuple[str, int], str]
+    ) -> tuple[str, str, bytes]:
         """The list a message for a plain queue goes to (looked up in ``keys``, the lists
-        of a batch by queue and priority), and its envelope."""
+        of a batch by queue and priority), its delivery tag and its envelope."""
         message = out.message
         priority = message_priority(message)
         queue = out.routing_key
@@ -986,7 +978,8 @@ class RedisTransport(Transport):
         if key is None:
             layout = self.layout
             key = keys[(queue, priority)] = layout.list_key(queue, layout.step(priority))
-        return key, _envelope(out, message.delivery_tag or uuid4_hex(), priority, False)
+        tag = message.delivery_tag or uuid4_hex()
+        return key, tag, _envelope(out, tag, priority, False)
 
     def _publish_args(
         self, batch: Sequence[Outgoing], types: Mapping[str, str]
@@ -1077,6 +1070,9 @@ class RedisTransport(Transport):
                 # cleared before the claim: a doorbell during the claim is kept
                 bell.due = False
                 withdraw, self._withdraw = self._withdraw, []
+                if bell.offered_until > loop.time():  # its own offer may still be out
+                    withdraw.append(bell.offer)
+                    bell.offered_until = 0.0
                 claimed, due = await self._claim(names, wanted, bell.offer, withdraw)
                 out.extend(claimed)
                 if len(claimed) < wanted:  # the lists are empty: wait for the bell
