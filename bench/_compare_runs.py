@@ -382,6 +382,9 @@ class Session:
     #: After a warm-up of as many tasks as the worker may hold at once, many times over:
     #: growth is measured from here, so buffers filled once are not counted per task.
     rss_warm: float = float("nan")
+    #: After the first half of the tasks: growth that stops (a ramp while the heap settles)
+    #: and growth per task (a leak) read alike over the whole run, not over each half.
+    rss_mid: float = float("nan")
     rss_after: float = float("nan")
     tasks: int = 0
 
@@ -397,6 +400,15 @@ class Session:
             return float("nan")
         base = self.rss_start if math.isnan(self.rss_warm) else self.rss_warm
         return (self.rss_after - base) / 1024 / (self.tasks / 1000)
+
+    @property
+    def halves_kib_per_1000(self) -> tuple[float, float]:
+        """Growth over the first and over the second half of the tasks."""
+        if not self.tasks or math.isnan(self.rss_mid):
+            return float("nan"), float("nan")
+        base = self.rss_start if math.isnan(self.rss_warm) else self.rss_warm
+        per = 1024 * (self.tasks / 2 / 1000)
+        return (self.rss_mid - base) / per, (self.rss_after - self.rss_mid) / per
 
 
 def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: int,
@@ -443,12 +455,16 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
                 wait_for(broker, worker, executed, drain_timeout(RSS_WARMUP))
                 time.sleep(RSS_GROWTH_SETTLE)
                 session.rss_warm = worker.rss()
-                bulk_publish(feeder, name, rss_n, batch)
+                first = rss_n // 2
+                for half, size in enumerate((first, rss_n - first)):
+                    bulk_publish(feeder, name, size, batch)
+                    executed += size
+                    wait_for(broker, worker, executed, drain_timeout(size))
+                    time.sleep(RSS_GROWTH_SETTLE)
+                    if half == 0:
+                        session.rss_mid = worker.rss()
             finally:
                 feeder.close()
-            executed += rss_n
-            wait_for(broker, worker, executed, drain_timeout(rss_n))
-            time.sleep(RSS_GROWTH_SETTLE)
             session.rss_after = worker.rss()
             session.tasks = rss_n
     finally:

@@ -21,7 +21,9 @@ Figures (``--figures``, default all):
   since its speed varies from day to day; each side's p50 is also shown "x floor".
 * ``rss``: resident memory of the worker and its pool processes once it has started
   (after 21 warm-up calls), and after ``--rss-n`` more no-op tasks; the same worker run as
-  ``roundtrip``. ``--rss-n 1000000`` for issue 4's figure.
+  ``roundtrip``. ``--rss-n 1000000`` for issue 4's figure. The growth is also shown for
+  each half of the tasks: a leak grows alike in both, while memory that settles (pymalloc
+  pools and glibc heap pages touched for the first time) grows in the first half only.
 
 Every executed task is counted: a run in which executions != tasks queued is an error row,
 not a figure. Configurations alternate celeriac, Celery, celeriac, Celery... within every
@@ -315,12 +317,15 @@ def rss_table(cells: list[Cell]) -> str:
     ref = next((c for c in cells if c.side == "celery"), None)
     start, after = (lambda s: s.rss_start / MIB), (lambda s: s.rss_after / MIB)
     growth = attrgetter("growth_kib_per_1000")
+    first, second = (lambda s: s.halves_kib_per_1000[0]), (lambda s: s.halves_kib_per_1000[1])
     rows = [[c.side, *c.what, value_or_error(c, start), med(c, after),
              c.values[0].tasks if c.values else "-", med(c, growth),
+             f"{med(c, first):+.2f} / {med(c, second):+.2f}",
              ratio(med(c, start), med(ref, start)),
              runs_shown(c, growth, "{:+.2f}")] for c in cells]
     return table(["side", "pool", "-c", "RSS start MiB", "RSS after MiB", "tasks",
-                  "KiB/1000 tasks", "start x Celery", "runs (KiB/1000)"], rows)
+                  "KiB/1000 tasks", "1st / 2nd half", "start x Celery", "runs (KiB/1000)"],
+                 rows)
 
 
 def bars(cells: dict[str, list[Cell]]) -> list[str]:
