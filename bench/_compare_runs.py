@@ -373,11 +373,58 @@ RSS_SETTLE = 1.0
 RSS_GROWTH_SETTLE = 11.0
 
 
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of process ``pid`` and its live children."""
+    root = psutil.Process(pid)
+    total = 0.0
+    for proc in (root, *root.children(recursive=True)):
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def redis_server_pid(client: redis.Redis) -> int | None:
+    """The Redis server's pid where it runs on this host and its CPU times can be read."""
+    try:
+        pid = int(client.info("server")["process_id"])
+        psutil.Process(pid).cpu_times()
+    except (redis.RedisError, KeyError, ValueError, psutil.Error):
+        return None
+    return pid
+
+
+class CpuMeter:
+    """CPU per trip of a worker, of this process and of the Redis server (see
+    :attr:`Session.cpu_us`); the server's is NaN where it cannot be read (another host)."""
+
+    def __init__(self, worker_pid: int, broker: Broker) -> None:
+        self.worker_pid = worker_pid
+        self.redis_pid = redis_server_pid(broker.raw) if broker.raw is not None else None
+        self.started = self.read()
+
+    def read(self) -> tuple[float, float, float]:
+        own = psutil.Process().cpu_times()
+        server = tree_cpu(self.redis_pid) if self.redis_pid is not None else float("nan")
+        return tree_cpu(self.worker_pid), own.user + own.system, server
+
+    def per_trip(self, trips: int) -> tuple[float, float, float]:
+        worker, client, server = ((b - a) / trips * 1e6
+                                  for a, b in zip(self.started, self.read(), strict=True))
+        return worker, client, server
+
+
 @dataclass
 class Session:
     """Round-trip latencies (ms) and worker memory (bytes) of one worker run."""
 
     latencies: list[float] = field(default_factory=list)
+    #: CPU time per round trip (us) of the worker (with its pool processes), of this
+    #: process (the client) and of the Redis server, while the trips were timed: on a
+    #: small host the three share the cores, so each one's CPU lengthens the others' trips.
+    cpu_us: tuple[float, float, float] = (float("nan"),) * 3
     rss_start: float = float("nan")
     #: After a warm-up of as many tasks as the worker may hold at once, many times over:
     #: growth is measured from here, so buffers filled once are not counted per task.
@@ -438,10 +485,13 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
             time.sleep(RSS_SETTLE)
             session.rss_start = worker.rss()
             clock = time.perf_counter
+            meter = CpuMeter(worker.popen.pid, broker)
             for _ in range(trips):
                 started = clock()
                 call().get(timeout=10)
                 session.latencies.append((clock() - started) * 1000)
+            if trips:
+                session.cpu_us = meter.per_trip(trips)
             executed += trips
         finally:
             app.close()
@@ -509,10 +559,12 @@ def relay_floor(broker: Broker, trips: int) -> Session:
         for _ in range(20):
             trip(10)
         clock = time.perf_counter
+        meter = CpuMeter(relay.popen.pid, broker)
         for _ in range(trips):
             started = clock()
             trip(10)
             session.latencies.append((clock() - started) * 1000)
+        session.cpu_us = meter.per_trip(trips)
         broker.check_untouched()
         conn.lpush(RELAY_REQUEST, _redis_relay.STOP)
         try:

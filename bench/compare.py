@@ -303,13 +303,19 @@ def roundtrip_table(cells: list[Cell]) -> str:
     ref = next((c for c in cells if c.side == "celery"), None)
     floor = next((c for c in cells if c.side == "floor"), None)
     p50, p99 = (lambda s: s.p(50)), (lambda s: s.p(99))
+
+    def cpu(cell: Cell) -> str:
+        parts = [med(cell, lambda s, i=i: s.cpu_us[i]) for i in range(3)]
+        return " / ".join("-" if v != v else f"{v:.0f}" for v in parts)
+
     rows = [[c.side, *c.what, value_or_error(c, p50), med(c, p99),
              ratio(med(c, p50), med(ref, p50)), ratio(med(c, p99), med(ref, p99)),
              *([ratio(med(c, p50), med(floor, p50)) if c.side != "floor" else "-"]
                if floor else []),
-             runs_shown(c, p50, "{:.2f}")] for c in cells]
+             cpu(c), runs_shown(c, p50, "{:.2f}")] for c in cells]
     return table(["side", "pool", "-c", "p50 ms", "p99 ms", "p50 x Celery", "p99 x Celery",
-                  *(["p50 x floor"] if floor else []), "runs (p50 ms)"], rows)
+                  *(["p50 x floor"] if floor else []), "CPU us/trip worker/client/Redis",
+                  "runs (p50 ms)"], rows)
 
 
 def rss_table(cells: list[Cell]) -> str:
@@ -438,6 +444,8 @@ def main(argv: list[str] | None = None) -> int:
         if any(c.side == "floor" for c in idle):
             print("floor: LPUSH + BRPOP round trips through a raw redis-py relay process on "
                   "the same Redis (BRPOP, LPUSH reply): no message format, acks or backend")
+        print("CPU per trip: the worker with its pool processes (the floor: the relay), this "
+              "process as the client, the Redis server; they share the host's cores")
         print(roundtrip_table(idle))
     if idle and args.rss_n and "rss" in args.figures:
         print(f"\n(4) worker RSS (worker + pool processes) after start, and growth over"
