@@ -147,23 +147,31 @@ class SyncPublisher:
         an option this path does not know) needs redis-py."""
         return cls(kwargs, db, scripts, spin) if plain_options(kwargs) else None
 
-    def run_script(self, name: str, args: Sequence[Any]) -> Any:
+    def run_script(self, name: str, args: Sequence[Any], poll: bool = True) -> Any:
         """Run script ``name`` with ``args``; its reply once Redis replied that it ran.
 
         None means nothing is known to be stored and the caller must take the async
         path: no connection could be had, the connection broke, or Redis answered with
-        an error (which the async path raises as celeriac's error).
+        an error (which the async path raises as celeriac's error). ``poll`` as for
+        :meth:`run`.
         """
         source, sha = self._scripts[name]
-        replies = self.run((("EVALSHA", sha, 0, *args),), fallback=("EVAL", source, 0, *args))
+        replies = self.run(
+            (("EVALSHA", sha, 0, *args),), fallback=("EVAL", source, 0, *args), poll=poll
+        )
         return None if replies is None else replies[0]
 
     def run(
-        self, commands: Sequence[Sequence[Any]], fallback: Sequence[Any] | None = None
+        self,
+        commands: Sequence[Sequence[Any]],
+        fallback: Sequence[Any] | None = None,
+        poll: bool = True,
     ) -> list[Any] | None:
         """Send ``commands`` in one write; their replies once Redis answered them all.
         None as for :meth:`run_script` (the first command's error reply included);
-        ``fallback`` replaces a first command Redis answers ``NOSCRIPT``."""
+        ``fallback`` replaces a first command Redis answers ``NOSCRIPT``. ``poll=False``
+        sleeps in ``recv`` at once: for a call that wakes another process on this host
+        (a worker a message is handed to), which needs the CPU a poll would hold."""
         try:
             link = self._idle.pop()
         except IndexError:
@@ -174,7 +182,7 @@ class SyncPublisher:
         # checks the pid), so a new connection, transport and publisher of their own.
         try:
             link.send(commands)
-            if self._spin and link.sock.gettimeout() is None:
+            if poll and self._spin and link.sock.gettimeout() is None:
                 self._poll(link)
             replies = [link.read() for _ in commands]  # all, or the next call reads them
             if fallback is not None and _no_script(replies[0]):
