@@ -380,17 +380,37 @@ def tree_cpu(pid: int) -> float:
     for proc in (root, *root.children(recursive=True)):
         try:
             times = proc.cpu_times()
-        except psutil.NoSuchProcess:
+        except psutil.Error:  # exited, or not ours to read
             continue
         total += times.user + times.system
     return total
 
 
+def process_cpu(pid: int) -> float:
+    own = psutil.Process(pid).cpu_times()
+    return own.user + own.system
+
+
+#: Seconds a Redis server's start time (from ``uptime_in_seconds``) may differ from that
+#: of the local process with its pid for the two to be taken for the same.
+SAME_START = 5.0
+
+
 def redis_server_pid(client: redis.Redis) -> int | None:
-    """The Redis server's pid where it runs on this host and its CPU times can be read."""
+    """The Redis server's pid where it runs on this host and its CPU times can be read.
+
+    The pid Redis reports is checked against the local process's name and start time: a
+    Redis on another host, or in a container (whose pid inside is often 1), would
+    otherwise have an unrelated local process metered in its place.
+    """
     try:
-        pid = int(client.info("server")["process_id"])
-        psutil.Process(pid).cpu_times()
+        info = client.info("server")
+        pid = int(info["process_id"])
+        proc = psutil.Process(pid)
+        started = time.time() - float(info["uptime_in_seconds"])
+        if "redis" not in proc.name() or abs(proc.create_time() - started) > SAME_START:
+            return None
+        proc.cpu_times()
     except (redis.RedisError, KeyError, ValueError, psutil.Error):
         return None
     return pid
@@ -398,22 +418,34 @@ def redis_server_pid(client: redis.Redis) -> int | None:
 
 class CpuMeter:
     """CPU per trip of a worker, of this process and of the Redis server (see
-    :attr:`Session.cpu_us`); the server's is NaN where it cannot be read (another host)."""
+    :attr:`Session.cpu_us`); the server's is NaN where it cannot be read (another host).
+
+    The meter's own reading (a walk of the process table) falls outside the client's
+    interval: this process is read last at the start and first at the end.
+    """
 
     def __init__(self, worker_pid: int, broker: Broker) -> None:
         self.worker_pid = worker_pid
         self.redis_pid = redis_server_pid(broker.raw) if broker.raw is not None else None
-        self.started = self.read()
+        worker, server = self._others()
+        self.started = (worker, process_cpu(os.getpid()), server)
 
-    def read(self) -> tuple[float, float, float]:
-        own = psutil.Process().cpu_times()
-        server = tree_cpu(self.redis_pid) if self.redis_pid is not None else float("nan")
-        return tree_cpu(self.worker_pid), own.user + own.system, server
+    def _others(self) -> tuple[float, float]:
+        server = process_cpu(self.redis_pid) if self.redis_pid is not None else float("nan")
+        return tree_cpu(self.worker_pid), server
 
     def per_trip(self, trips: int) -> tuple[float, float, float]:
-        worker, client, server = ((b - a) / trips * 1e6
-                                  for a, b in zip(self.started, self.read(), strict=True))
-        return worker, client, server
+        """CPU us per trip since the meter was made; all NaN if a process could not be
+        read (gone, or not ours): the latencies stand without it."""
+        nan = float("nan")
+        try:
+            client = process_cpu(os.getpid())
+            worker, server = self._others()
+        except psutil.Error:
+            return nan, nan, nan
+        ended = (worker, client, server)
+        return tuple(  # type: ignore[return-value]
+            (b - a) / trips * 1e6 for a, b in zip(self.started, ended, strict=True))
 
 
 @dataclass
@@ -507,6 +539,8 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
                 session.rss_warm = worker.rss()
                 first = rss_n // 2
                 for half, size in enumerate((first, rss_n - first)):
+                    if not size:  # --rss-n 1: a single half, no mid-point reading
+                        continue
                     bulk_publish(feeder, name, size, batch)
                     executed += size
                     wait_for(broker, worker, executed, drain_timeout(size))

@@ -326,7 +326,7 @@ def rss_table(cells: list[Cell]) -> str:
     first, second = (lambda s: s.halves_kib_per_1000[0]), (lambda s: s.halves_kib_per_1000[1])
     rows = [[c.side, *c.what, value_or_error(c, start), med(c, after),
              c.values[0].tasks if c.values else "-", med(c, growth),
-             f"{med(c, first):+.2f} / {med(c, second):+.2f}",
+             " / ".join("-" if v != v else f"{v:+.2f}" for v in (med(c, first), med(c, second))),
              ratio(med(c, start), med(ref, start)),
              runs_shown(c, growth, "{:+.2f}")] for c in cells]
     return table(["side", "pool", "-c", "RSS start MiB", "RSS after MiB", "tasks",

@@ -99,6 +99,50 @@ def test_a_waiting_fetch_gets_a_message_with_its_publish(shared: tuple[str, str,
     run(main())
 
 
+def test_a_sync_push_that_may_hand_off_sleeps_for_its_reply(
+    shared: tuple[str, str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url, prefix, raw = shared
+    from celeriac.messaging.transports import _redis_sync
+
+    polls: list[float] = []
+    poll_for = _redis_sync._Link.poll_for
+
+    def counted(link: Any, seconds: float) -> bool:
+        polls.append(seconds)
+        return poll_for(link, seconds)
+
+    monkeypatch.setattr(_redis_sync._Link, "poll_for", counted)
+
+    async def main() -> None:
+        async with several(2, url, global_keyprefix=prefix) as (worker, client):
+            await client.declare_queue(Queue("q"))
+            if client._sync is None or client._sync._spin == 0:
+                pytest.skip("one CPU: replies are never polled for")
+            # Given no worker waiting: a sync push polls for Redis's reply
+            assert await asyncio.to_thread(client.publish_sync, [out(b"queued")])
+            assert len(polls) == 1
+            got = await worker.fetch(["q"], 10, 1.0)
+            await worker.ack(got)
+            # When a worker waits and the client has learned so (by a plain push)
+            await waiting(worker)
+            assert await asyncio.to_thread(client.publish_sync, [out(b"learns")])
+            assert len(polls) == 2
+            got = await worker.fetch(["q"], 10, 1.0)
+            await worker.ack(got)
+            await waiting(worker)
+            # Then a push that hands its message to that worker sleeps for its reply: the
+            # worker it wakes needs the CPU a poll would hold
+            assert await asyncio.to_thread(client.publish_sync, [out(b"handed")])
+            assert len(polls) == 2
+            assert raw.llen(f"{prefix}q") == 0 and raw.hlen(f"{prefix}unacked") == 1
+            (got,) = await worker.fetch(["q"], 10, 1.0)
+            assert got.body == b"handed"
+            await worker.ack([got])
+
+    run(main())
+
+
 def test_a_plain_queue_learns_that_offers_are_out(shared: tuple[str, str, Any]) -> None:
     url, prefix, raw = shared
 

@@ -149,7 +149,8 @@ class RedisTransportOptions:
     #: Seconds a delivery counter outlives its last claim.
     delivery_record_ttl: float = 7 * 86400.0
     #: Seconds a sync ``delay()`` polls for Redis's reply before sleeping (see
-    #: ``_redis_sync.SyncPublisher``); 0 always sleeps.
+    #: ``_redis_sync.SyncPublisher``); 0 always sleeps. A push that may hand its message
+    #: to a waiting celeriac worker never polls.
     sync_publish_spin: float = 100e-6
     master_name: str | None = None
     #: Keyword arguments for redis-py's client (connection tuning and credentials).

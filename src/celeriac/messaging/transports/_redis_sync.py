@@ -112,7 +112,8 @@ class SyncPublisher:
     took to answer on loopback: polling made one-at-a-time ``delay()`` 15-35% faster
     here, for no more CPU per call (the sleeping version spent ~100 us of CPU a call
     too, in waking up). Polling is bounded, never used with one CPU (Redis would need
-    that CPU to answer), and stops for :data:`_SPIN_PAUSE` seconds after
+    that CPU to answer) nor where the caller says not to (``poll=False``: a push that
+    may wake a worker on this host), and stops for :data:`_SPIN_PAUSE` seconds after
     :data:`_SPIN_MISSES` polls in a row that Redis did not answer in time (a remote
     or busy Redis), so it costs nothing where it cannot help.
     """

@@ -821,8 +821,8 @@ class RedisTransport(Transport):
             args = self._push_args(out)
             queue = out.routing_key
             if queue in self._offers_out:
-                # No polling for the reply: the script hands the message to a waiting
-                # worker, whose wake-up needs the CPU the poll would hold (2 cores:
+                # No polling for the reply: the script may hand the message to a
+                # waiting worker, whose wake-up needs the CPU the poll would hold (2 cores:
                 # delay().get() p50 about 20 us shorter; polling is what makes a
                 # delay() with no worker waiting fast, and that path keeps it).
                 reply = publisher.run_script("PUSH", args, poll=False)
