@@ -331,7 +331,10 @@ def _json_dumps(obj: Any) -> bytes:
     # Task ids look like UUIDs in the output, so the search finds one in nearly every
     # message and result: look for UUID objects without copying anything first.
     if _UUID_TEXT.search(out) is not None and _holds_uuid(obj):
-        out = orjson.dumps(_tag_uuids(obj), default=_json_default, option=_JSON_OPTIONS)
+        try:
+            out = orjson.dumps(_tag_uuids(obj), default=_json_default, option=_JSON_OPTIONS)
+        except TypeError:  # the tags nest two levels deeper, past orjson's limit
+            return _stdlib_dumps(obj)
     return out
 
 
@@ -352,7 +355,12 @@ def _holds_uuid(obj: Any) -> bool:
         obj = obj.values()
     elif not isinstance(obj, list | tuple):
         return False
-    return any(type(item) not in _PLAIN_SCALARS and _holds_uuid(item) for item in obj)
+    # a loop, not any() over a generator: two more frames per level would halve the
+    # nesting a result can have before the walk runs out of stack
+    for item in obj:  # noqa: SIM110
+        if type(item) not in _PLAIN_SCALARS and _holds_uuid(item):
+            return True
+    return False
 
 
 def _tag_uuids(obj: Any) -> Any:

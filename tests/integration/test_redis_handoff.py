@@ -447,7 +447,7 @@ def test_a_message_routed_to_two_queues_keeps_both_copies(shared: tuple[str, str
             handed = json.loads(raw.hget(f"{prefix}unacked", tag))[2]
             assert handed in ("a", "b")
             queued = "b" if handed == "a" else "a"
-            assert raw.llen(f"{prefix}{queued}") == 1
+            assert raw.llen(f"{prefix}{queued}") == 1 and raw.llen(f"{prefix}{handed}") == 0
             got = await one.fetch(["a"], 10, 1.0) + await two.fetch(["b"], 10, 1.0)
             assert [m.body for m in got] == [b"both", b"both"]
 

@@ -79,6 +79,18 @@ def test_uuid_objects_are_tagged_but_uuid_shaped_strings_stay_strings():
     assert decoded == {"id": text, "nested": [[value]]}
 
 
+def test_a_uuid_nested_as_deep_as_orjson_allows_is_still_encoded():
+    # Given a UUID object at the depth orjson's own limit allows (tagging it adds two
+    # levels, past that limit)
+    value: object = [uuid.UUID(int=7)]
+    for _ in range(252):
+        value = [value]
+    # Then it is encoded, tagged as kombu tags it, and decodes to the same value
+    ctype, cenc, body = dumps(value, "json")
+    assert loads(body, ctype, cenc) == value
+    assert kombu_serialization.loads(body, ctype, cenc) == value
+
+
 def test_tuples_become_lists_and_sets_are_refused_like_kombu():
     assert loads(dumps((1, (2, 3)))[2], "application/json") == [1, [2, 3]]
     with pytest.raises(kombu_serialization.EncodeError):
