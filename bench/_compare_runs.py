@@ -24,6 +24,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -146,14 +147,7 @@ class Worker:
 
     def rss(self) -> int:
         """Resident bytes of the worker and all its children (pool processes)."""
-        root = psutil.Process(self.popen.pid)
-        total = 0
-        for proc in (root, *root.children(recursive=True)):
-            try:
-                total += proc.memory_info().rss
-            except psutil.NoSuchProcess:
-                pass
-        return total
+        return int(tree_sum(self.popen.pid, lambda proc: proc.memory_info().rss))
 
     def stop(self, timeout: float = 20.0) -> None:
         """Warm shutdown; the whole group is killed if it has not exited in ``timeout`` s."""
@@ -373,22 +367,23 @@ RSS_SETTLE = 1.0
 RSS_GROWTH_SETTLE = 11.0
 
 
-def tree_cpu(pid: int) -> float:
-    """CPU seconds (user + system) of process ``pid`` and its live children."""
+def tree_sum(pid: int, read: Callable[[psutil.Process], float]) -> float:
+    """``read`` summed over process ``pid`` and its live children (pool processes come
+    and go, and one that exits while it is read counts for nothing)."""
     root = psutil.Process(pid)
     total = 0.0
     for proc in (root, *root.children(recursive=True)):
         try:
-            times = proc.cpu_times()
-        except psutil.Error:  # exited, or not ours to read
+            total += read(proc)
+        except psutil.Error:
             continue
-        total += times.user + times.system
     return total
 
 
-def process_cpu(pid: int) -> float:
-    own = psutil.Process(pid).cpu_times()
-    return own.user + own.system
+def process_cpu(proc: psutil.Process) -> float:
+    """CPU seconds, user + system."""
+    times = proc.cpu_times()
+    return times.user + times.system
 
 
 #: Seconds a Redis server's start time (from ``uptime_in_seconds``) may differ from that
@@ -426,26 +421,27 @@ class CpuMeter:
 
     def __init__(self, worker_pid: int, broker: Broker) -> None:
         self.worker_pid = worker_pid
-        self.redis_pid = redis_server_pid(broker.raw) if broker.raw is not None else None
+        pid = redis_server_pid(broker.raw) if broker.raw is not None else None
+        self.server = psutil.Process(pid) if pid is not None else None
+        self.client = psutil.Process()
         worker, server = self._others()
-        self.started = (worker, process_cpu(os.getpid()), server)
+        self.started = (worker, process_cpu(self.client), server)
 
     def _others(self) -> tuple[float, float]:
-        server = process_cpu(self.redis_pid) if self.redis_pid is not None else float("nan")
-        return tree_cpu(self.worker_pid), server
+        server = process_cpu(self.server) if self.server is not None else float("nan")
+        return tree_sum(self.worker_pid, process_cpu), server
 
     def per_trip(self, trips: int) -> tuple[float, float, float]:
         """CPU us per trip since the meter was made; all NaN if a process could not be
         read (gone, or not ours): the latencies stand without it."""
-        nan = float("nan")
         try:
-            client = process_cpu(os.getpid())
+            client = process_cpu(self.client)
             worker, server = self._others()
         except psutil.Error:
-            return nan, nan, nan
-        ended = (worker, client, server)
-        return tuple(  # type: ignore[return-value]
-            (b - a) / trips * 1e6 for a, b in zip(self.started, ended, strict=True))
+            return float("nan"), float("nan"), float("nan")
+        w, c, r = ((b - a) / trips * 1e6
+                   for a, b in zip(self.started, (worker, client, server), strict=True))
+        return w, c, r
 
 
 @dataclass
@@ -477,17 +473,19 @@ class Session:
     def growth_kib_per_1000(self) -> float:
         if not self.tasks:
             return float("nan")
-        base = self.rss_start if math.isnan(self.rss_warm) else self.rss_warm
-        return (self.rss_after - base) / 1024 / (self.tasks / 1000)
+        return (self.rss_after - self._rss_base) / 1024 / (self.tasks / 1000)
+
+    @property
+    def _rss_base(self) -> float:
+        return self.rss_start if math.isnan(self.rss_warm) else self.rss_warm
 
     @property
     def halves_kib_per_1000(self) -> tuple[float, float]:
         """Growth over the first and over the second half of the tasks."""
         if not self.tasks or math.isnan(self.rss_mid):
             return float("nan"), float("nan")
-        base = self.rss_start if math.isnan(self.rss_warm) else self.rss_warm
         per = 1024 * (self.tasks / 2 / 1000)
-        return (self.rss_mid - base) / per, (self.rss_after - self.rss_mid) / per
+        return (self.rss_mid - self._rss_base) / per, (self.rss_after - self.rss_mid) / per
 
 
 def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: int,

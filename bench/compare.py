@@ -274,6 +274,11 @@ def med(cell: Cell | None, key: Callable[[Any], float]) -> float:
     return median([key(v) for v in cell.values])
 
 
+def slashed(values: list[float], fmt: str) -> str:
+    """Several figures in one cell, ``-`` for one not measured."""
+    return " / ".join("-" if v != v else fmt.format(v) for v in values)
+
+
 def value_or_error(cell: Cell, key: Callable[[Any], float]) -> Any:
     return "ERROR" if not cell.values and cell.errors else med(cell, key)
 
@@ -305,8 +310,7 @@ def roundtrip_table(cells: list[Cell]) -> str:
     p50, p99 = (lambda s: s.p(50)), (lambda s: s.p(99))
 
     def cpu(cell: Cell) -> str:
-        parts = [med(cell, lambda s, i=i: s.cpu_us[i]) for i in range(3)]
-        return " / ".join("-" if v != v else f"{v:.0f}" for v in parts)
+        return slashed([med(cell, lambda s, i=i: s.cpu_us[i]) for i in range(3)], "{:.0f}")
 
     rows = [[c.side, *c.what, value_or_error(c, p50), med(c, p99),
              ratio(med(c, p50), med(ref, p50)), ratio(med(c, p99), med(ref, p99)),
@@ -326,7 +330,7 @@ def rss_table(cells: list[Cell]) -> str:
     first, second = (lambda s: s.halves_kib_per_1000[0]), (lambda s: s.halves_kib_per_1000[1])
     rows = [[c.side, *c.what, value_or_error(c, start), med(c, after),
              c.values[0].tasks if c.values else "-", med(c, growth),
-             " / ".join("-" if v != v else f"{v:+.2f}" for v in (med(c, first), med(c, second))),
+             slashed([med(c, first), med(c, second)], "{:+.2f}"),
              ratio(med(c, start), med(ref, start)),
              runs_shown(c, growth, "{:+.2f}")] for c in cells]
     return table(["side", "pool", "-c", "RSS start MiB", "RSS after MiB", "tasks",

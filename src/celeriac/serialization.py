@@ -346,7 +346,7 @@ def _stdlib_dumps(obj: Any) -> bytes:
 
 def _holds_uuid(obj: Any) -> bool:
     """Whether ``obj`` holds a ``uuid.UUID`` anywhere: as :func:`_tag_uuids` walks, but
-    copying nothing (a result meta: about 0.8 us against 2.6)."""
+    copying nothing (a result meta: about 0.6 us against 2.6)."""
     if type(obj) in _PLAIN_SCALARS:
         return False
     if isinstance(obj, uuid.UUID):
