@@ -365,6 +365,21 @@ RSS_SETTLE = 1.0
 #: trim at start-up, and the last one trimmed, understating growth by up to the heap's
 #: slack. Both readings are taken past that window, the same way.
 RSS_GROWTH_SETTLE = 11.0
+#: Seconds of unmeasured round trips right before the timed ones. After a pause (the
+#: start-up RSS reading's settle) this host takes 0.1 to 0.2 s to run at speed again: a
+#: raw redis-py relay's trips took 170 us at first and 112 us after, celeriac's 500 and
+#: 290, so the first few hundred trips measured the host waking up, not the worker.
+TRIP_WARMUP = 0.5
+
+
+def warm_trips(trip: Callable[[], Any], seconds: float = TRIP_WARMUP) -> int:
+    """Run ``trip`` back to back for ``seconds``, untimed; returns how many ran."""
+    until = time.perf_counter() + seconds
+    done = 0
+    while time.perf_counter() < until:
+        trip()
+        done += 1
+    return done
 
 
 def tree_sum(pid: int, read: Callable[[psutil.Process], float]) -> float:
@@ -489,7 +504,7 @@ class Session:
 
 
 def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: int,
-                rss_n: int, batch: int) -> Session:
+                rss_n: int, batch: int, warmup: float = TRIP_WARMUP) -> Session:
     """Start a worker, time ``trips`` sequential ``delay().get()``, then feed it ``rss_n``
     no-op tasks and measure its memory before and after."""
     broker.reset()
@@ -514,6 +529,8 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
             wait_for(broker, worker, executed, 30)
             time.sleep(RSS_SETTLE)
             session.rss_start = worker.rss()
+            if trips:
+                executed += warm_trips(lambda: call().get(timeout=10), warmup)
             clock = time.perf_counter
             meter = CpuMeter(worker.popen.pid, broker)
             for _ in range(trips):
@@ -567,7 +584,7 @@ def spawn_relay(broker: Broker) -> Worker:
                             RELAY_REQUEST, RELAY_REPLY])
 
 
-def relay_floor(broker: Broker, trips: int) -> Session:
+def relay_floor(broker: Broker, trips: int, warmup: float = TRIP_WARMUP) -> Session:
     """Time ``trips`` sequential ``LPUSH`` + ``BRPOP`` through :mod:`_redis_relay`: the
     round trip the host allows any Redis-based queue (lower bound of ``delay().get()``)."""
     broker.reset()
@@ -590,6 +607,7 @@ def relay_floor(broker: Broker, trips: int) -> Session:
         trip(60)  # the first trip also waits for the relay to start
         for _ in range(20):
             trip(10)
+        warm_trips(lambda: trip(10), warmup)
         clock = time.perf_counter
         meter = CpuMeter(relay.popen.pid, broker)
         for _ in range(trips):

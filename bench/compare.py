@@ -15,7 +15,8 @@ Figures (``--figures``, default all):
   ``await task.adelay()`` from async code (celeriac), and of celeriac's bulk path
   (``app.build_outgoing`` + ``Producer.publish_many``, ``--batch`` messages per call).
 * ``roundtrip``: p50/p99 of ``--trips`` sequential ``delay().get()`` on an idle worker
-  (results stored in Redis, read back through each side's own result client). A "floor"
+  (results stored in Redis, read back through each side's own result client), after
+  ``--trip-warmup`` seconds of untimed ones. A "floor"
   row, measured in the same runs, times ``LPUSH`` + ``BRPOP`` round trips through a bare
   redis-py relay process (``_redis_relay.py``): what this host allows any Redis-based queue,
   since its speed varies from day to day; each side's p50 is also shown "x floor".
@@ -228,16 +229,17 @@ def build_cells(args: argparse.Namespace, brokers: Brokers) -> dict[str, list[Ce
     if idle and "redis" in transports:
         trips = args.trips if "roundtrip" in figures else 0
         rss_n = args.rss_n if "rss" in figures else 0
+        warmup = args.trip_warmup
         if trips:
             cells["roundtrip"].append(Cell(
                 "idle", "floor", "redis", ("raw redis-py relay", 1),
-                brokers.call("redis", lambda b: runs.relay_floor(b, trips))))
+                brokers.call("redis", lambda b: runs.relay_floor(b, trips, warmup))))
         for side, side_pools in sides:
             for pool, conc in side_pools:
                 cells["roundtrip"].append(Cell(
                     "idle", side, "redis", (pool, conc),
                     brokers.call("redis", lambda b, s=side, p=pool, c=conc: runs.idle_worker(
-                        s, b, p, c, trips, rss_n, batch))))
+                        s, b, p, c, trips, rss_n, batch, warmup))))
     return cells
 
 
@@ -401,6 +403,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="tasks per enqueue measurement (default: --n)")
     parser.add_argument("--trips", type=int, default=500,
                         help="sequential delay().get() calls per round-trip run (default 500)")
+    parser.add_argument("--trip-warmup", type=float, default=runs.TRIP_WARMUP,
+                        help="seconds of untimed round trips before the timed ones (default "
+                             f"{runs.TRIP_WARMUP:g}; 0 times the host waking from a pause too)")
     parser.add_argument("--rss-n", type=int, default=10_000,
                         help="tasks between the two RSS readings (default 10000; issue 4's "
                              "figure: 1000000)")
@@ -418,6 +423,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.n, args.runs, args.batch, args.trips, args.rss_n + 1) < 1:
         raise SystemExit("--n, --runs, --batch and --trips must be at least 1")
+    if args.trip_warmup < 0:
+        raise SystemExit("--trip-warmup must be 0 or more seconds")
 
     runs.WORKER_ARGS["celeriac"] = args.worker_args.split()
     runs.WORKER_ARGS["celery"] = args.celery_worker_args.split()
@@ -444,7 +451,7 @@ def main(argv: list[str] | None = None) -> int:
     idle = cells["roundtrip"]
     if idle and args.trips and "roundtrip" in args.figures:
         print(f"\n(3) round trip: {args.trips} sequential delay().get() on an idle worker, "
-              "results in Redis (lower is better)")
+              f"after {args.trip_warmup:g} s of untimed ones, results in Redis (lower is better)")
         if any(c.side == "floor" for c in idle):
             print("floor: LPUSH + BRPOP round trips through a raw redis-py relay process on "
                   "the same Redis (BRPOP, LPUSH reply): no message format, acks or backend")
