@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
+import weakref
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any, TypeVar
@@ -253,6 +255,54 @@ def test_settlements_go_one_call_at_a_time_while_the_broker_is_slow(
             assert sum(acked) == 600 and most[0] == 1
             assert len(acked) < 600 / 50
             assert await conn.transport.queue_length(q) == 0
+
+    run(main())
+
+
+class _Headers(dict):  # type: ignore[type-arg]
+    """A plain dict that can be watched with a weak reference."""
+
+
+def test_a_settled_message_waiting_for_its_ack_keeps_none_of_its_content(
+    transport_url: str, base_options: dict[str, Any], unique: Names
+) -> None:
+    # Settlements wait in batches for one broker call at a time; holding whole messages
+    # there kept about as many messages' contents alive as the worker held unsettled.
+    q = unique("q")
+
+    async def main() -> None:
+        async with connection(transport_url, base_options) as conn:
+            await conn.declare(Queue(q))
+            await publish(conn, q, 40)
+            original_ack = conn.transport.ack
+            watched: list[weakref.ref[_Headers]] = []
+            alive_during_acks: list[int] = []
+            acked: list[int] = []
+
+            async def slow_ack(messages: Any) -> None:
+                await asyncio.sleep(0.02)  # a broker slower than the loop
+                gc.collect()
+                alive_during_acks.append(sum(1 for ref in watched if ref() is not None))
+                await original_ack(messages)
+                acked.append(len(messages))
+
+            def on_message(message: Message) -> None:
+                message.headers = _Headers(message.headers, payload="x" * 1000)
+                watched.append(weakref.ref(message.headers))
+                message.ack()
+
+            conn.transport.ack = slow_ack  # type: ignore[method-assign]
+            consumer = Consumer(conn, [Queue(q)], on_message, prefetch_count=10)
+            task = asyncio.create_task(consumer.run())
+            await until(lambda: sum(acked) == 40)
+            consumer.stop()
+            await task
+            # Then no acked message's content was alive while its ack was on its way, and
+            # every ack still reached the broker
+            assert len(watched) == 40
+            assert alive_during_acks and max(alive_during_acks) == 0
+            assert await conn.transport.queue_length(q) == 0
+            assert await conn.transport.fetch([q], 1, 0.05) == []
 
     run(main())
 

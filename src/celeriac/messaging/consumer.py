@@ -218,12 +218,12 @@ class Consumer:
 
     def settle_ack(self, message: Message) -> None:
         if self._unsettled.pop(message, 0) is None:
-            self._acks.append(message)
+            self._acks.append(message.settlement())
             self._schedule_flush()
 
     def settle_reject(self, message: Message, requeue: bool) -> None:
         if self._unsettled.pop(message, 0) is None:
-            (self._requeues if requeue else self._rejects).append(message)
+            (self._requeues if requeue else self._rejects).append(message.settlement())
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
