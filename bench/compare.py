@@ -41,6 +41,7 @@ run, ``--runs`` runs; tables show medians and the ratio celeriac/Celery against 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -423,8 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if min(args.n, args.runs, args.batch, args.trips, args.rss_n + 1) < 1:
         raise SystemExit("--n, --runs, --batch and --trips must be at least 1")
-    if args.trip_warmup < 0:
-        raise SystemExit("--trip-warmup must be 0 or more seconds")
+    if not math.isfinite(args.trip_warmup) or args.trip_warmup < 0:
+        raise SystemExit("--trip-warmup must be a finite number of seconds, 0 or more")
 
     runs.WORKER_ARGS["celeriac"] = args.worker_args.split()
     runs.WORKER_ARGS["celery"] = args.celery_worker_args.split()

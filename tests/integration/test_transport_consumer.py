@@ -263,44 +263,62 @@ class _Headers(dict):  # type: ignore[type-arg]
     """A plain dict that can be watched with a weak reference."""
 
 
-def test_a_settled_message_waiting_for_its_ack_keeps_none_of_its_content(
-    transport_url: str, base_options: dict[str, Any], unique: Names
+@pytest.mark.parametrize("settle", ["ack", "reject", "requeue"])
+def test_a_settled_message_waiting_for_its_broker_call_lets_its_parsed_content_go(
+    transport_url: str, base_options: dict[str, Any], unique: Names, settle: str
 ) -> None:
     # Settlements wait in batches for one broker call at a time; holding whole messages
-    # there kept about as many messages' contents alive as the worker held unsettled.
+    # there kept about as many messages' headers alive as the worker held unsettled.
     q = unique("q")
 
     async def main() -> None:
         async with connection(transport_url, base_options) as conn:
             await conn.declare(Queue(q))
             await publish(conn, q, 40)
-            original_ack = conn.transport.ack
             watched: list[weakref.ref[_Headers]] = []
-            alive_during_acks: list[int] = []
-            acked: list[int] = []
+            alive_during_calls: list[int] = []
+            settled: list[int] = []
 
-            async def slow_ack(messages: Any) -> None:
-                await asyncio.sleep(0.02)  # a broker slower than the loop
-                gc.collect()
-                alive_during_acks.append(sum(1 for ref in watched if ref() is not None))
-                await original_ack(messages)
-                acked.append(len(messages))
+            def slowed(name: str) -> None:
+                original = getattr(conn.transport, name)
+
+                async def slow(messages: Any, *args: Any) -> None:
+                    await asyncio.sleep(0.02)  # a broker slower than the loop
+                    gc.collect()
+                    alive_during_calls.append(sum(1 for ref in watched if ref() is not None))
+                    await original(messages, *args)
+                    settled.append(len(messages))
+
+                setattr(conn.transport, name, slow)
+
+            slowed("ack")
+            slowed("reject")
+            bodies: list[bytes] = []
 
             def on_message(message: Message) -> None:
+                bodies.append(message.body)
+                if message.redelivered or message.delivery_count > 1:
+                    message.ack()  # a requeued one, back again
+                    return
                 message.headers = _Headers(message.headers, payload="x" * 1000)
                 watched.append(weakref.ref(message.headers))
-                message.ack()
+                if settle == "ack":
+                    message.ack()
+                else:
+                    message.reject(requeue=settle == "requeue")
 
-            conn.transport.ack = slow_ack  # type: ignore[method-assign]
             consumer = Consumer(conn, [Queue(q)], on_message, prefetch_count=10)
             task = asyncio.create_task(consumer.run())
-            await until(lambda: sum(acked) == 40)
+            await until(lambda: sum(settled) == (80 if settle == "requeue" else 40))
             consumer.stop()
             await task
-            # Then no acked message's content was alive while its ack was on its way, and
-            # every ack still reached the broker
+            # Then no settled message's headers were alive while its settlement was on its
+            # way, and every settlement still reached the broker: acked and rejected
+            # messages are gone, requeued ones came back once each
             assert len(watched) == 40
-            assert alive_during_acks and max(alive_during_acks) == 0
+            assert alive_during_calls and max(alive_during_calls) == 0
+            expected = 2 if settle == "requeue" else 1
+            assert sorted(bodies) == sorted(b"%d" % i for i in range(40) for _ in range(expected))
             assert await conn.transport.queue_length(q) == 0
             assert await conn.transport.fetch([q], 1, 0.05) == []
 

@@ -114,12 +114,14 @@ class Message:
 
     def settlement(self) -> Message:
         """This message as a settlement waiting for its broker call keeps it: where it was
-        delivered and its receipt, without its headers, properties or body.
+        delivered and its receipt, without its parsed headers, properties or body.
 
         Why: settlements wait in a batch for one broker call at a time. Under load a
         worker had nearly as many settled messages waiting as unsettled ones, each
         keeping its whole content alive, so its memory rose with the broker's latency and
-        each new high kept the allocator's memory for good.
+        each new high kept the allocator's memory for good. (A receipt may still hold the
+        raw envelope, e.g. a Redis claim's, for requeues: one bytes object, not dozens of
+        small ones.)
         """
         copy = Message(
             b"",
