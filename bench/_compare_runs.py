@@ -503,6 +503,24 @@ class Session:
         return (self.rss_mid - self._rss_base) / per, (self.rss_after - self.rss_mid) / per
 
 
+def time_trips(session: Session, trip: Callable[[], Any], trips: int, pid: int,
+               broker: Broker, warmup: float) -> int:
+    """Run ``warmup`` seconds of untimed ``trip`` calls, then time ``trips`` of them into
+    ``session``, with the CPU per trip of process ``pid`` (and its children), of this
+    process and of Redis. Returns how many trips ran in all (0 when ``trips`` is 0)."""
+    if not trips:
+        return 0
+    done = warm_trips(trip, warmup)
+    clock = time.perf_counter
+    meter = CpuMeter(pid, broker)
+    for _ in range(trips):
+        started = clock()
+        trip()
+        session.latencies.append((clock() - started) * 1000)
+    session.cpu_us = meter.per_trip(trips)
+    return done + trips
+
+
 def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: int,
                 rss_n: int, batch: int, warmup: float = TRIP_WARMUP) -> Session:
     """Start a worker, time ``trips`` sequential ``delay().get()``, then feed it ``rss_n``
@@ -529,17 +547,8 @@ def idle_worker(side: str, broker: Broker, pool: str, concurrency: int, trips: i
             wait_for(broker, worker, executed, 30)
             time.sleep(RSS_SETTLE)
             session.rss_start = worker.rss()
-            if trips:
-                executed += warm_trips(lambda: call().get(timeout=10), warmup)
-            clock = time.perf_counter
-            meter = CpuMeter(worker.popen.pid, broker)
-            for _ in range(trips):
-                started = clock()
-                call().get(timeout=10)
-                session.latencies.append((clock() - started) * 1000)
-            if trips:
-                session.cpu_us = meter.per_trip(trips)
-            executed += trips
+            executed += time_trips(session, lambda: call().get(timeout=10), trips,
+                                   worker.popen.pid, broker, warmup)
         finally:
             app.close()
         if rss_n:
@@ -607,14 +616,7 @@ def relay_floor(broker: Broker, trips: int, warmup: float = TRIP_WARMUP) -> Sess
         trip(60)  # the first trip also waits for the relay to start
         for _ in range(20):
             trip(10)
-        warm_trips(lambda: trip(10), warmup)
-        clock = time.perf_counter
-        meter = CpuMeter(relay.popen.pid, broker)
-        for _ in range(trips):
-            started = clock()
-            trip(10)
-            session.latencies.append((clock() - started) * 1000)
-        session.cpu_us = meter.per_trip(trips)
+        time_trips(session, lambda: trip(10), trips, relay.popen.pid, broker, warmup)
         broker.check_untouched()
         conn.lpush(RELAY_REQUEST, _redis_relay.STOP)
         try:
